@@ -1,0 +1,153 @@
+"""Integrity proofs: did the guest's memory survive the migration intact?
+
+- bootblock rule: the first byte of every page in [1 MiB, 100 MiB) is equal,
+  except for at most one boundary after which pages are exactly one behind;
+- byte-exact RAM compare of a stopped source and a never-started destination;
+- Linux guest: heartbeats resume and the in-guest verifier reports 0 bad pages.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.qemu.machine import Machine, MachineFailure
+
+PAGE = 4096
+BOOTBLOCK_START = 1 << 20
+BOOTBLOCK_END = 100 << 20
+
+
+class IntegrityError(AssertionError):
+    """The guest's memory or behaviour after migration is wrong."""
+
+
+@dataclass(frozen=True)
+class PatternReport:
+    ok: bool
+    pages: int
+    boundary: int | None   # page index (from 1 MiB) where the one-behind run starts
+    detail: str
+
+
+def check_bootblock_pattern(data: bytes) -> PatternReport:
+    """Apply the a-b-bootblock rule to a dump of [1 MiB, 100 MiB)."""
+    firsts = data[::PAGE]
+    n = len(firsts)
+    if n == 0:
+        return PatternReport(False, 0, None, "empty dump")
+    first = firsts[0]
+    boundary = None
+    for i in range(1, n):
+        b = firsts[i]
+        expected = first if boundary is None else (first - 1) & 0xFF
+        if b == expected:
+            continue
+        if boundary is None and b == (first - 1) & 0xFF:
+            boundary = i
+            continue
+        addr = BOOTBLOCK_START + i * PAGE
+        return PatternReport(False, n, boundary,
+                             f"page at {addr:#x} has {b:#04x}, expected {expected:#04x} "
+                             f"(first page {first:#04x}, boundary {boundary})")
+    return PatternReport(True, n, boundary, f"{n} pages consistent, value {first:#04x}, "
+                                            f"boundary {'none' if boundary is None else boundary}")
+
+
+def dump_memory(m: Machine, start: int, size: int, name: str) -> bytes:
+    """pmemsave into the machine's run dir, read it back, delete it."""
+    assert m.run_dir is not None
+    path = Path(m.run_dir) / f"{name}.bin"
+    m.cmd("pmemsave", {"val": start, "size": size, "filename": str(path)}, timeout=120)
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def prove_bootblock_pattern(dst: Machine) -> PatternReport:
+    """Stop the destination and check the page pattern."""
+    dst.cmd("stop")
+    data = dump_memory(dst, BOOTBLOCK_START, BOOTBLOCK_END - BOOTBLOCK_START, "pattern")
+    report = check_bootblock_pattern(data)
+    if not report.ok:
+        raise IntegrityError(f"bootblock pattern broken on {dst.name}: {report.detail}")
+    return report
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    size: int
+    differing_pages: tuple[int, ...]   # guest-physical addresses
+
+    @property
+    def ok(self) -> bool:
+        return not self.differing_pages
+
+
+def compare_pages(a: bytes, b: bytes, base: int = 0) -> CompareReport:
+    if len(a) != len(b):
+        raise IntegrityError(f"RAM dumps differ in size: {len(a)} vs {len(b)}")
+    diffs = []
+    if a != b:
+        for off in range(0, len(a), PAGE):
+            if a[off:off + PAGE] != b[off:off + PAGE]:
+                diffs.append(base + off)
+    return CompareReport(len(a), tuple(diffs))
+
+
+def compare_ram(src: Machine, dst: Machine, size: int, tolerated_pages: int = 0,
+                artifacts: Path | None = None) -> CompareReport:
+    """Byte-exact compare of [0, size) on the stopped source and paused destination.
+
+    tolerated_pages: under KVM the kvmclock (pvclock) page legitimately differs;
+    the caller passes how many differing pages are allowed (one per vCPU).
+    """
+    a = dump_memory(src, 0, size, "ram-src")
+    b = dump_memory(dst, 0, size, "ram-dst")
+    report = compare_pages(a, b)
+    if artifacts is not None and report.differing_pages:
+        (artifacts / "ram-diff.txt").write_text(
+            "".join(f"{addr:#x}\n" for addr in report.differing_pages))
+    if len(report.differing_pages) > tolerated_pages:
+        shown = ", ".join(f"{x:#x}" for x in report.differing_pages[:8])
+        raise IntegrityError(f"RAM differs between {src.name} and {dst.name} in "
+                             f"{len(report.differing_pages)} page(s): {shown}")
+    return report
+
+
+HB_RX = rb"^HB (\d+) (\d+)\r?$"
+VERIFY_RX = rb"^VERIFY pages=(\d+) bad=(\d+)\r?$"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    pages: int
+    bad: int
+
+
+def prove_linux_guest(dst: Machine, timeout: float = 60.0) -> VerifyReport:
+    """Heartbeats resume on the destination, then the full in-guest verify says bad=0."""
+    assert dst.serial is not None
+    start = dst.serial.mark()
+    deadline = time.monotonic() + timeout
+    # Two heartbeats after this point prove the workload runs again.
+    for _ in range(2):
+        m = dst.serial.wait_for(HB_RX, deadline, start)
+        if m is None:
+            raise MachineFailure(dst.declare_hang(f"{dst.name}: guest heartbeats did not resume "
+                                                  f"within {timeout:.0f}s"))
+        start = m.end()
+    mark = dst.serial.mark()
+    dst.serial.write(b"verify\n")
+    m = dst.serial.wait_for(VERIFY_RX, deadline, mark)
+    if m is None:
+        raise MachineFailure(dst.declare_hang(f"{dst.name}: in-guest verify gave no answer "
+                                              f"within {timeout:.0f}s"))
+    report = VerifyReport(int(m.group(1)), int(m.group(2)))
+    if report.bad:
+        raise IntegrityError(f"in-guest verify on {dst.name}: {report.bad} bad page(s) "
+                             f"of {report.pages}")
+    return report

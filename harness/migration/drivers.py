@@ -1,0 +1,86 @@
+"""Generic migration flows. Tests and scenarios call these; plumbing stays here."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from harness.guest import integrity
+from harness.migration import tuning
+from harness.migration.metrics import MigrationMetrics, write_metrics
+from harness.migration.pair import Pair
+from harness.migration.states import wait_runstate, wait_status
+from harness.migration.transports import Transport, start_incoming
+from harness.qemu.spec import GuestKind
+
+MIGRATION_TIMEOUT = 120.0
+
+
+@dataclass
+class PrecopyResult:
+    uri: str
+    metrics: MigrationMetrics
+    integrity: dict = field(default_factory=dict)
+
+
+def precopy(pair: Pair, transport: Transport = Transport.TCP, *, caps: dict | None = None,
+            params: dict | None = None, converge: bool = True,
+            timeout: float = MIGRATION_TIMEOUT) -> PrecopyResult:
+    """Migrate src -> dst and wait for completion on both sides."""
+    src, dst = pair.src, pair.dst
+    pair.wait_guest_ready()
+    for m in (src, dst):
+        tuning.set_capabilities(m, {"events": True, **(caps or {})})
+    uri = start_incoming(transport, dst)
+    if converge:
+        tuning.ensure_converge(src)
+    else:
+        tuning.ensure_non_converge(src)
+    tuning.set_parameters(src, params or {})
+    src_mark, dst_mark = src.qmp.events.mark(), dst.qmp.events.mark()
+    src.cmd("migrate", {"uri": uri})
+    wait_status(src, {"completed"}, since=src_mark, timeout=timeout)
+    wait_status(dst, {"completed"}, since=dst_mark, timeout=timeout)
+    info = src.cmd("query-migrate")
+    metrics = MigrationMetrics.from_query_migrate(info)
+    write_metrics(src.artifacts.parent / "metrics.json",
+                  {"migration": metrics.to_dict(), "uri": uri, "source_query_migrate": info})
+    return PrecopyResult(uri=uri, metrics=metrics)
+
+
+def prove_integrity(pair: Pair, *, ram_compare: bool = True, timeout: float = 60.0) -> dict:
+    """After a completed migration, prove the guest arrived intact.
+
+    With a paused destination (the pair default) the RAM is compared byte for
+    byte first; then the destination is continued and the guest-level proof
+    runs (bootblock pattern after a fresh pass, or the Linux in-guest verify).
+    """
+    src, dst = pair.src, pair.dst
+    result: dict = {}
+    t0 = time.monotonic()
+    wait_runstate(src, {"postmigrate"}, timeout)
+    if ram_compare and dst.spec.paused:
+        wait_runstate(dst, {"paused", "prelaunch"}, timeout)
+        tolerated = dst.spec.smp if dst.spec.accel == "kvm" else 0
+        rep = integrity.compare_ram(src, dst, dst.spec.memory_mib << 20, tolerated,
+                                    artifacts=dst.artifacts)
+        result["ram_compare"] = {"bytes": rep.size, "differing_pages": len(rep.differing_pages)}
+    if dst.spec.paused:
+        dst.cmd("cont")
+    wait_runstate(dst, {"running"}, timeout)
+    kind = dst.spec.guest.kind
+    deadline = time.monotonic() + timeout
+    if kind is GuestKind.BOOTBLOCK:
+        # A full pass on the destination, then the page rule on the stopped guest.
+        mark = dst.serial.mark()
+        if dst.serial.wait_for(rb"B", deadline, mark) is None:
+            from harness.qemu.machine import MachineFailure
+            raise MachineFailure(dst.declare_hang(
+                f"{dst.name}: bootblock made no pass after migration within {timeout:.0f}s"))
+        rep = integrity.prove_bootblock_pattern(dst)
+        result["bootblock_pattern"] = rep.detail
+    elif kind is GuestKind.LINUX:
+        rep = integrity.prove_linux_guest(dst, timeout)
+        result["linux_verify"] = {"pages": rep.pages, "bad": rep.bad}
+    result["seconds"] = round(time.monotonic() - t0, 3)
+    write_metrics(dst.artifacts.parent / "metrics.json", {"integrity": result})
+    return result

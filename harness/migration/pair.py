@@ -1,0 +1,51 @@
+"""A source/destination pair built from one spec (binaries may differ)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from harness.qemu.machine import Machine, MachineFailure
+from harness.qemu.spec import GuestKind, MachineSpec
+from harness.run import TestRun
+
+GUEST_READY_TIMEOUT = {GuestKind.BOOTBLOCK: 30.0, GuestKind.LINUX: 120.0, GuestKind.NONE: 0.0}
+
+
+@dataclass
+class Pair:
+    src: Machine
+    dst: Machine
+
+    def wait_guest_ready(self) -> None:
+        """The source guest is really running its workload (so memory is dirty)."""
+        wait_guest_ready(self.src)
+
+
+def wait_guest_ready(m: Machine) -> None:
+    kind = m.spec.guest.kind
+    if kind is GuestKind.NONE:
+        return
+    timeout = GUEST_READY_TIMEOUT[kind]
+    deadline = time.monotonic() + timeout
+    # bootblock: 'A' then a 'B' per completed pass; linux: the workload says so.
+    pattern = rb"AB" if kind is GuestKind.BOOTBLOCK else rb"WORKLOAD READY"
+    if m.serial.wait_for(pattern, deadline) is None:
+        raise MachineFailure(m.declare_hang(
+            f"{m.name}: guest not ready ({pattern.decode()!r} on serial) within {timeout:.0f}s"))
+
+
+def make_pair(run: TestRun, base: MachineSpec, *, dst_binary: str | None = None,
+              dst_paused: bool = True, src_extra: tuple[str, ...] = (),
+              dst_extra: tuple[str, ...] = ()) -> Pair:
+    """Launch source (running) and destination (-incoming defer).
+
+    dst_paused: start the destination with -S so it never runs before the RAM
+    compare; the proof then continues it explicitly.
+    """
+    src_spec = base.with_(name="source", extra_args=base.extra_args + src_extra)
+    dst_spec = base.with_(name="destination", binary=dst_binary or base.binary,
+                          incoming="defer", paused=dst_paused,
+                          extra_args=base.extra_args + dst_extra)
+    src = run.machine(src_spec)
+    dst = run.machine(dst_spec)
+    return Pair(src, dst)

@@ -1,0 +1,175 @@
+"""pytest plugin: options, fixtures, markers and the exit-verdict hook.
+
+Thin on purpose: everything real lives in harness.* and is usable without pytest.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.config import HarnessConfig
+from harness.qemu import accel as accel_mod
+from harness.qemu.binary import BinaryError, probe
+from harness.qemu.machine import Machine, MachineFailure
+from harness.qemu.spec import GuestSpec, MachineSpec, SpecError
+from harness.run import TestRun, safe_dirname
+
+RUN_STAMP_KEY = "harness_run_stamp"
+_run_key = pytest.StashKey[TestRun]()
+_failed_key = pytest.StashKey[bool]()
+_session_runs_key = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("qemu-migration-harness")
+    g.addoption("--qemu", default=os.environ.get("QTEST_QEMU_BINARY"),
+                help="QEMU binary for both sides (default: $QTEST_QEMU_BINARY or qemu-system-x86_64)")
+    g.addoption("--qemu-src", default=os.environ.get("QTEST_QEMU_BINARY_SRC"),
+                help="QEMU binary for the source (default: --qemu)")
+    g.addoption("--qemu-dst", default=os.environ.get("QTEST_QEMU_BINARY_DST"),
+                help="QEMU binary for the destination (default: --qemu)")
+    g.addoption("--accel", default="auto", help="tcg, kvm or auto (measured per binary, cached)")
+    g.addoption("--guest", default="bootblock", help="bootblock or linux")
+    g.addoption("--machine-type", default=None, help="QEMU -machine type (default q35)")
+    g.addoption("--artifacts", default="artifacts", help="root dir for per-test artifacts")
+    g.addoption("--keep-artifacts", action="store_true",
+                help="keep artifacts of passing tests too (failures are always kept)")
+
+
+def pytest_configure(config):
+    for line in ("qemu: needs a real QEMU binary",
+                 "linux_guest: boots the Linux guest",
+                 "smoke: fast tier", "full: full tier", "slow: slow tier"):
+        config.addinivalue_line("markers", line)
+    if hasattr(config, "workerinput"):
+        stamp = config.workerinput[RUN_STAMP_KEY]
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    config._harness_run_stamp = stamp
+    config.stash[_session_runs_key] = []
+
+
+def pytest_configure_node(node):  # xdist hook: workers share the controller's run stamp
+    node.workerinput[RUN_STAMP_KEY] = node.config._harness_run_stamp
+
+
+@pytest.fixture(scope="session")
+def harness_config(pytestconfig) -> HarnessConfig:
+    o = pytestconfig.option
+    try:
+        cfg = HarnessConfig.from_options(qemu=o.qemu, qemu_src=o.qemu_src, qemu_dst=o.qemu_dst,
+                                         accel=o.accel, guest=o.guest, artifacts=o.artifacts,
+                                         keep=o.keep_artifacts, machine=o.machine_type)
+        for b in {cfg.qemu_src, cfg.qemu_dst}:
+            probe(b)
+    except (SpecError, BinaryError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def qemu_accel(harness_config) -> str:
+    """The accelerator actually used (auto resolved by measurement, cached)."""
+    src = probe(harness_config.qemu_src).path
+    return accel_mod.resolve(src, harness_config.accel)
+
+
+@pytest.fixture
+def harness_run(request, harness_config) -> TestRun:
+    stamp = request.config._harness_run_stamp
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    art = harness_config.artifacts_root / stamp / safe_dirname(request.node.nodeid)
+    if art.exists():  # same test id twice (hammer/repeat): keep both
+        art = art.with_name(f"{art.name}-{worker}-{time.monotonic_ns()}")
+    run = TestRun(art)
+    request.node.stash[_run_key] = run
+    request.config.stash[_session_runs_key].append(run)
+    yield run
+    run.abort()  # no-op if the verdict hook already finished it
+    failed = request.node.stash.get(_failed_key, True)
+    if not failed and not harness_config.keep_artifacts:
+        run.discard_artifacts()
+
+
+@pytest.fixture
+def base_spec(harness_config, qemu_accel) -> MachineSpec:
+    return MachineSpec(binary=probe(harness_config.qemu_src).path, accel=qemu_accel,
+                       machine_type=harness_config.machine_type or "q35",
+                       guest=GuestSpec(kind=harness_config.guest))
+
+
+@pytest.fixture
+def machine_factory(harness_run, base_spec):
+    """machine_factory(name='vm', **spec_changes) -> launched Machine."""
+    def make(name: str = "vm", launch: bool = True, **changes) -> Machine:
+        return harness_run.machine(base_spec.with_(name=name, **changes), launch=launch)
+    return make
+
+
+@pytest.fixture
+def migration_pair(harness_run, base_spec, harness_config):
+    from harness.migration.pair import make_pair
+    return make_pair(harness_run, base_spec, dst_binary=probe(harness_config.qemu_dst).path)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """After the test body: shut down every machine and judge how each exited."""
+    run = item.stash.get(_run_key, None)
+    try:
+        result = yield
+    except BaseException as exc:
+        if run is not None:
+            run.abort()
+            crash = _worst_unexpected(run)
+            if crash is not None and not isinstance(exc, MachineFailure):
+                raise MachineFailure(crash) from exc
+        raise
+    if run is not None:
+        run.finish()
+    return result
+
+
+def _worst_unexpected(run: TestRun):
+    from harness.qemu.outcome import OutcomeKind
+    for kind in (OutcomeKind.CRASH, OutcomeKind.HANG):
+        for o in run.outcomes.values():
+            if o.kind is kind and o.is_failure:
+                return o
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    run = item.stash.get(_run_key, None)
+    if report.when == "call":
+        item.stash[_failed_key] = report.failed
+    elif report.failed:
+        item.stash[_failed_key] = True
+    if run is not None and report.failed:
+        report.sections.append(("harness artifacts", str(run.artifacts)))
+        report.user_properties.append(("artifacts", str(run.artifacts)))
+    return report
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Leak check: every QEMU this session started must be gone, every run dir removed."""
+    leaks = []
+    for run in session.config.stash.get(_session_runs_key, []):
+        for m in run.machines:
+            if m.is_running():
+                leaks.append(f"QEMU pid {m.pid} ({m.name}) still running")
+                m.proc.kill_group()
+                m.proc.wait(10)
+            if m.run_dir is not None and m.run_dir.exists():
+                leaks.append(f"run dir {m.run_dir} left behind")
+                run.host.remove_run_dir(m.run_dir)
+    if leaks:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line("harness leak check FAILED: " + "; ".join(leaks), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

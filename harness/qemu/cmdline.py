@@ -1,0 +1,76 @@
+"""MachineSpec -> argv. Pure: paths come in, argv goes out (unit-tested)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.qemu.spec import GuestKind, MachineSpec, SpecError
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one machine's sockets live (run dir) and logs go (artifacts)."""
+
+    run_dir: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.run_dir / "qmp.sock"
+
+    def extra_qmp(self, i: int) -> Path:
+        return self.run_dir / f"qmp{i + 1}.sock"
+
+    @property
+    def serial(self) -> Path:
+        return self.run_dir / "serial.sock"
+
+
+@dataclass(frozen=True)
+class GuestFiles:
+    """Resolved guest image paths (built by harness.guest.images)."""
+
+    bootblock: Path | None = None
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str = ""
+
+
+def build_argv(spec: MachineSpec, paths: RunPaths, guest: GuestFiles) -> list[str]:
+    if spec.accel == "auto":
+        raise SpecError("machine spec: accel 'auto' must be resolved (harness.qemu.accel) before launch")
+    argv = [spec.binary, "-name", spec.name, "-nodefaults", "-no-user-config",
+            # Cores without guest RAM: small, and what a QEMU developer needs.
+            "-machine", "dump-guest-core=off",
+            "-display", "none", "-accel", spec.accel, "-machine", spec.machine_type,
+            "-m", str(spec.memory_mib), "-smp", str(spec.smp)]
+    # QEMU connects to sockets the harness already listens on: no race, no missed output.
+    argv += ["-chardev", f"socket,id=qmp0,path={paths.qmp}",
+             "-mon", "chardev=qmp0,mode=control"]
+    for i in range(spec.extra_monitors):
+        argv += ["-chardev", f"socket,id=qmp{i + 1},path={paths.extra_qmp(i)}",
+                 "-mon", f"chardev=qmp{i + 1},mode=control"]
+    argv += ["-chardev", f"socket,id=serial0,path={paths.serial}", "-serial", "chardev:serial0"]
+    argv += _guest_args(spec, guest)
+    if spec.paused:
+        argv.append("-S")
+    if spec.incoming:
+        argv += ["-incoming", spec.incoming]
+    argv += list(spec.extra_args)
+    return argv
+
+
+def _guest_args(spec: MachineSpec, guest: GuestFiles) -> list[str]:
+    kind = spec.guest.kind
+    if kind is GuestKind.NONE:
+        return []
+    if kind is GuestKind.BOOTBLOCK:
+        if guest.bootblock is None:
+            raise SpecError("bootblock guest: image path not resolved")
+        # snapshot=on: both sides share the file read-only in effect; IDE needs rw.
+        return ["-drive", f"file={guest.bootblock},format=raw,if=ide,snapshot=on"]
+    if kind is GuestKind.LINUX:
+        if guest.kernel is None or guest.initrd is None:
+            raise SpecError("linux guest: kernel/initrd paths not resolved")
+        return ["-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
+                "-append", guest.cmdline]
+    raise SpecError(f"unknown guest kind {kind}")

@@ -1,0 +1,317 @@
+"""Machine: one QEMU process with its QMP monitor(s), serial console and evidence.
+
+Lifecycle: launch() -> use .qmp / .serial -> shutdown() -> Outcome.
+Every wait is bounded; on a crash or hang the Machine classifies what happened
+and the caller raises MachineFailure carrying the Outcome.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.hosts.base import Host, Process
+from harness.qemu import debug
+from harness.qemu.cmdline import GuestFiles, RunPaths, build_argv
+from harness.qemu.outcome import CORE_SIGNALS, Outcome, OutcomeKind, classify
+from harness.qemu.qmp import (Monitor, QMPCommandError, QMPDisconnected, QMPTimeout,
+                              accept_until, listen_unix)
+from harness.qemu.serial import SerialConsole
+from harness.qemu.spec import MachineSpec
+
+
+class MachineFailure(Exception):
+    """A machine crashed, hung, or exited unexpectedly. str() starts with the signature."""
+
+    def __init__(self, outcome: Outcome):
+        super().__init__(outcome.failure_message())
+        self.outcome = outcome
+
+
+class LaunchError(Exception):
+    """QEMU did not come up (bad arguments, missing binary...)."""
+
+
+# Deadlines (seconds). Generous for TCG on 2 loaded cores, never infinite.
+QMP_CONNECT_TIMEOUT = 30.0
+QUIT_TIMEOUT = 10.0
+TERM_TIMEOUT = 10.0
+KILL_TIMEOUT = 10.0
+
+
+class Machine:
+    def __init__(self, host: Host, spec: MachineSpec, artifacts: Path, guest: GuestFiles,
+                 qmp_timeout: float = 30.0):
+        self.host = host
+        self.spec = spec
+        self.artifacts = artifacts
+        self.guest = guest
+        self.qmp_timeout = qmp_timeout
+        self.run_dir: Path | None = None
+        self.proc: Process | None = None
+        self.qmp: Monitor | None = None
+        self.extra_qmp: list[Monitor] = []
+        self.serial: SerialConsole | None = None
+        self.argv: list[str] = []
+        self.outcome: Outcome | None = None
+        self._expected_rcs: tuple[int, ...] = (0,)
+        self._expected_stderr: str | None = None
+        self._hang_reason: str | None = None
+        self._listeners = []
+
+    # ------------------------------------------------------------------ launch
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.artifacts / "stderr.log"
+
+    def launch(self) -> "Machine":
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.run_dir = self.host.make_run_dir(self.spec.name)
+        paths = RunPaths(self.run_dir)
+        self.argv = build_argv(self.spec, paths, self.guest)
+        (self.artifacts / "cmdline.txt").write_text(_shell_join(self.argv) + "\n")
+        env = dict(self.spec.env)
+        if env:
+            (self.artifacts / "env.txt").write_text(
+                "".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+        qmp_srv = listen_unix(paths.qmp)
+        extra_srvs = [listen_unix(paths.extra_qmp(i)) for i in range(self.spec.extra_monitors)]
+        serial_srv = listen_unix(paths.serial)
+        self._listeners = [qmp_srv, serial_srv, *extra_srvs]
+        try:
+            self.proc = self.host.spawn(self.argv, cwd=self.run_dir, env=env,
+                                        stdout=self.artifacts / "stdout.log",
+                                        stderr=self.stderr_path)
+            (self.artifacts / "pid").write_text(f"{self.proc.pid}\n")
+            deadline = time.monotonic() + QMP_CONNECT_TIMEOUT
+            alive = lambda: self.proc.poll() is None  # noqa: E731
+            conn = accept_until(qmp_srv, deadline, alive)
+            if conn is None:
+                raise LaunchError(self._launch_failure("QMP monitor never connected"))
+            self.qmp = Monitor(f"{self.name}", self.artifacts / "qmp.jsonl", self.qmp_timeout)
+            self.qmp.attach(conn, timeout=QMP_CONNECT_TIMEOUT)
+            for i, srv in enumerate(extra_srvs):
+                c = accept_until(srv, deadline, alive)
+                if c is None:
+                    raise LaunchError(self._launch_failure(f"extra QMP monitor {i + 1} never connected"))
+                mon = Monitor(f"{self.name}-mon{i + 1}", self.artifacts / f"qmp{i + 1}.jsonl",
+                              self.qmp_timeout)
+                mon.attach(c, timeout=QMP_CONNECT_TIMEOUT)
+                self.extra_qmp.append(mon)
+            sconn = accept_until(serial_srv, deadline, alive)
+            if sconn is None:
+                raise LaunchError(self._launch_failure("serial chardev never connected"))
+            self.serial = SerialConsole(sconn, self.artifacts / "serial.log")
+        except BaseException:
+            self._close_listeners()
+            self.shutdown()
+            raise
+        self._close_listeners()
+        return self
+
+    def _close_listeners(self) -> None:
+        for s in self._listeners:
+            s.close()
+        self._listeners = []
+
+    def _launch_failure(self, what: str) -> str:
+        rc = self.proc.wait(2.0) if self.proc else None
+        err = _last_line(self.stderr_text())
+        if rc is not None:
+            return f"{self.name}: QEMU exited with {rc} before start: {err or what}"
+        return f"{self.name}: {what} within {QMP_CONNECT_TIMEOUT}s"
+
+    # ------------------------------------------------------------------ QMP
+    def cmd(self, command: str, args: dict | None = None, *, timeout: float | None = None,
+            oob: bool = False) -> Any:
+        """QMP command; a lost connection or missing reply becomes a MachineFailure."""
+        assert self.qmp is not None, "machine not launched"
+        try:
+            return self.qmp.cmd(command, args, timeout=timeout, oob=oob)
+        except QMPDisconnected:
+            raise MachineFailure(self._died(f"while executing {command}")) from None
+        except QMPTimeout as exc:
+            raise MachineFailure(self.declare_hang(str(exc))) from None
+
+    def try_cmd(self, command: str, args: dict | None = None, timeout: float = 5.0) -> Any:
+        """For state dumps: never raises, returns {'error': ...} instead."""
+        if self.qmp is None:
+            return {"error": "no monitor"}
+        return self.qmp.try_cmd(command, args, timeout)
+
+    def status(self) -> str:
+        return self.cmd("query-status")["status"]
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # ------------------------------------------------------------------ expectations
+    def expect_exit(self, returncodes: tuple[int, ...] = (1,), stderr_regex: str | None = None) -> None:
+        """Declare that this QEMU is expected to exit with one of returncodes."""
+        self._expected_rcs = returncodes
+        self._expected_stderr = stderr_regex
+
+    def expect_clean(self) -> None:
+        self._expected_rcs = (0,)
+        self._expected_stderr = None
+
+    # ------------------------------------------------------------------ evidence
+    def stderr_text(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def dump_state(self, label: str = "state") -> dict:
+        """query-status, query-migrate, gdb thread backtraces of the live PID -> artifacts."""
+        state: dict[str, Any] = {"machine": self.name, "label": label, "time": time.time()}
+        if self.qmp is not None and self.is_running():
+            state["query-status"] = self.try_cmd("query-status", timeout=3.0)
+            state["query-migrate"] = self.try_cmd("query-migrate", timeout=3.0)
+        state["alive"] = self.is_running()
+        path = self.artifacts / f"{label}.json"
+        path.write_text(json.dumps(state, indent=2, default=str) + "\n")
+        if self.is_running():
+            bt = debug.backtrace_of_pid(self.pid, timeout=60, run=self.host.run)
+            (self.artifacts / f"{label}-backtrace.txt").write_text(bt)
+            state["backtrace_file"] = str(self.artifacts / f"{label}-backtrace.txt")
+        return state
+
+    def declare_hang(self, reason: str) -> Outcome:
+        """A deadline passed: dump state first, then classify as a hang."""
+        if self._hang_reason is None:
+            self._hang_reason = reason
+            self.dump_state("hang")
+        self.outcome = classify(None, self.stderr_text(), hang=reason,
+                                backtrace=_read(self.artifacts / "hang-backtrace.txt"),
+                                artifact_dir=self.artifacts)
+        return self.outcome
+
+    def _died(self, context: str) -> Outcome:
+        """The monitor went away: wait for the exit, then classify it."""
+        rc = self.proc.wait(5.0) if self.proc else None
+        if rc is None:
+            return self.declare_hang(f"{self.name}: QMP connection lost {context} but QEMU "
+                                     f"(pid {self.pid}) did not exit within 5s")
+        return self._classify_exit(rc)
+
+    def _classify_exit(self, rc: int) -> Outcome:
+        core = bt = note = None
+        if rc < 0 and -rc in CORE_SIGNALS and self.run_dir is not None:
+            found = debug.search_core(self.run_dir, self.pid, self.spec.binary, run=self.host.run)
+            note = found.note
+            if found.path is not None:
+                core = self.artifacts / "core"
+                _move_sparse(Path(found.path), core)
+                bt = debug.backtrace_from_core(self.spec.binary, core, timeout=120, run=self.host.run)
+                (self.artifacts / "backtrace.txt").write_text(bt)
+        self.outcome = classify(rc, self.stderr_text(), expected_returncodes=self._expected_rcs,
+                                expected_stderr_regex=self._expected_stderr, core=core,
+                                core_note=note, backtrace=bt, artifact_dir=self.artifacts)
+        return self.outcome
+
+    # ------------------------------------------------------------------ shutdown
+    def wait_exit(self, timeout: float) -> Outcome | None:
+        """Wait for QEMU to exit by itself; classify it. None if still running."""
+        if self.proc is None:
+            return None
+        rc = self.proc.wait(timeout)
+        if rc is None:
+            return None
+        return self._finish(self._classify_exit(rc))
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+
+    def shutdown(self, graceful: bool = True) -> Outcome:
+        """quit, then SIGTERM, then SIGKILL, each with a deadline; classify the exit."""
+        if self.outcome is not None and self.proc is not None and self.proc.poll() is not None:
+            return self._finish(self.outcome)
+        if self.proc is None:
+            return self._finish(classify(0, "", artifact_dir=self.artifacts))
+        rc = self.proc.poll()
+        hang_before = self._hang_reason is not None
+        if rc is None and graceful and self.qmp is not None and not hang_before:
+            try:
+                self.qmp.cmd("quit", timeout=QUIT_TIMEOUT)
+            except (QMPDisconnected, QMPTimeout, QMPCommandError):
+                pass
+            rc = self.proc.wait(QUIT_TIMEOUT)
+        if rc is None:
+            self.proc.send_signal(signal.SIGTERM)
+            rc = self.proc.wait(TERM_TIMEOUT)
+            if rc is None and not hang_before and graceful:
+                # Neither quit nor SIGTERM ended it: that is a hang at shutdown.
+                self.declare_hang(f"{self.name}: did not exit within {QUIT_TIMEOUT + TERM_TIMEOUT:.0f}s "
+                                  "of quit and SIGTERM")
+        if rc is None:
+            self.proc.kill_group(signal.SIGKILL)
+            rc = self.proc.wait(KILL_TIMEOUT)
+        if self._hang_reason is not None:
+            return self._finish(self.outcome)
+        if rc is None:
+            return self._finish(self.declare_hang(f"{self.name}: survived SIGKILL for {KILL_TIMEOUT}s"))
+        if rc == -signal.SIGTERM and graceful:
+            rc = 0  # we asked it to stop; QEMU exiting on SIGTERM is a clean stop
+        return self._finish(self._classify_exit(rc))
+
+    def _finish(self, outcome: Outcome) -> Outcome:
+        for mon in [self.qmp, *self.extra_qmp]:
+            if mon is not None:
+                mon.close()
+        if self.serial is not None:
+            self.serial.close()
+            self.serial = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill_group(signal.SIGKILL)
+            self.proc.wait(KILL_TIMEOUT)
+        if self.run_dir is not None:
+            self.host.remove_run_dir(self.run_dir)
+            self.run_dir = None
+        self.outcome = outcome
+        (self.artifacts / "outcome.json").write_text(json.dumps(outcome.to_dict(), indent=2) + "\n")
+        return outcome
+
+
+def _move_sparse(src: Path, dst: Path) -> None:
+    """Cores are sparse (TCG reserves 1 GiB): rename, or copy keeping holes."""
+    import subprocess
+    try:
+        src.rename(dst)
+    except OSError:
+        subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=False, timeout=300)
+        src.unlink(missing_ok=True)
+
+
+def _shell_join(argv: list[str]) -> str:
+    import shlex
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def _last_line(text: str) -> str:
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return lines[-1] if lines else ""
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+__all__ = ["Machine", "MachineFailure", "LaunchError", "OutcomeKind"]

@@ -1,0 +1,91 @@
+"""TestRun: everything one test starts, and the verdict on how it all ended.
+
+Owns the per-test artifact dir and every Machine launched for the test. At
+the end, finish() shuts them all down and compares each exit with what the
+test declared; an unexpected crash/hang/error becomes a MachineFailure whose
+message starts with the signature.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from harness.hosts.base import Host
+from harness.hosts.local import LocalHost
+from harness.qemu.cmdline import GuestFiles
+from harness.qemu.machine import Machine, MachineFailure
+from harness.qemu.outcome import Outcome, OutcomeKind
+from harness.qemu.spec import GuestKind, MachineSpec
+
+
+def safe_dirname(test_id: str) -> str:
+    """/migration/precopy/tcp -> migration.precopy.tcp (readable, filesystem-safe)."""
+    s = re.sub(r"[^A-Za-z0-9_.=-]+", ".", test_id).strip(".")
+    return s[:150] or "test"
+
+
+def resolve_guest_files(spec: MachineSpec) -> GuestFiles:
+    from harness.guest import images  # built on first use, cached on disk
+    kind = spec.guest.kind
+    if kind is GuestKind.BOOTBLOCK:
+        return GuestFiles(bootblock=images.build_bootblock())
+    if kind is GuestKind.LINUX:
+        img = images.build_linux()
+        g = spec.guest
+        return GuestFiles(kernel=img.kernel, initrd=img.initrd,
+                          cmdline=img.cmdline(g.workload_mib, g.dirty_rate_mib_s, g.heartbeat_ms))
+    return GuestFiles()
+
+
+class TestRun:
+    def __init__(self, artifacts: Path, host: Host | None = None):
+        self.artifacts = artifacts
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.host = host or LocalHost()
+        self.machines: list[Machine] = []
+        self.outcomes: dict[str, Outcome] = {}
+        self.finished = False
+
+    def machine(self, spec: MachineSpec, launch: bool = True) -> Machine:
+        if any(m.name == spec.name for m in self.machines):
+            raise ValueError(f"machine name '{spec.name}' already used in this test")
+        m = Machine(self.host, spec, self.artifacts / spec.name, resolve_guest_files(spec))
+        self.machines.append(m)
+        return m.launch() if launch else m
+
+    def finish(self) -> list[Outcome]:
+        """Shut down every machine; raise MachineFailure for the first unexpected exit."""
+        if self.finished:
+            return list(self.outcomes.values())
+        self.finished = True
+        for m in self.machines:
+            self.outcomes[m.name] = m.shutdown()
+        self._write_summary()
+        bad = [o for o in self.outcomes.values() if o.is_failure]
+        if bad:
+            # Crashes first: they are the most informative signature.
+            bad.sort(key=lambda o: {OutcomeKind.CRASH: 0, OutcomeKind.HANG: 1}.get(o.kind, 2))
+            raise MachineFailure(bad[0])
+        return list(self.outcomes.values())
+
+    def abort(self) -> None:
+        """Best-effort teardown after the test already failed: never raises."""
+        if self.finished:
+            return
+        self.finished = True
+        for m in self.machines:
+            try:
+                self.outcomes[m.name] = m.shutdown()
+            except Exception:  # noqa: BLE001 - keep tearing down the rest
+                if m.proc is not None:
+                    m.proc.kill_group()
+        self._write_summary()
+
+    def _write_summary(self) -> None:
+        (self.artifacts / "outcomes.json").write_text(json.dumps(
+            {k: v.to_dict() for k, v in self.outcomes.items()}, indent=2) + "\n")
+
+    def discard_artifacts(self) -> None:
+        shutil.rmtree(self.artifacts, ignore_errors=True)
