@@ -66,8 +66,8 @@ def _guest_args(spec: MachineSpec, guest: GuestFiles) -> list[str]:
     if kind is GuestKind.BOOTBLOCK:
         if guest.bootblock is None:
             raise SpecError("bootblock guest: image path not resolved")
-        # snapshot=on: both sides share the file read-only in effect; IDE needs rw.
-        return ["-drive", f"file={guest.bootblock},format=raw,if=ide,snapshot=on"]
+        from harness.guest.images import bootblock_drive_args
+        return bootblock_drive_args(guest.bootblock)
     if kind is GuestKind.LINUX:
         if guest.kernel is None or guest.initrd is None:
             raise SpecError("linux guest: kernel/initrd paths not resolved")

@@ -32,6 +32,11 @@ class MachineFailure(Exception):
         self.outcome = outcome
 
 
+# pytest prints "module.Class: message" in its summary; keep the signature near the
+# front ("MachineFailure: crash SIGABRT: ...") rather than behind a dotted path.
+MachineFailure.__module__ = "builtins"
+
+
 class LaunchError(Exception):
     """QEMU did not come up (bad arguments, missing binary...)."""
 

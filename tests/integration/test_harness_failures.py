@@ -22,7 +22,7 @@ def inner_run(tmp_path_factory):
     run_root = tmp / "run"
     run_root.mkdir()
     art = tmp / "artifacts"
-    env = dict(os.environ, HARNESS_RUN_ROOT=str(run_root))
+    env = dict(os.environ, HARNESS_RUN_ROOT=str(run_root), COLUMNS="300")
     env.pop("PYTEST_XDIST_WORKER", None)
     cp = subprocess.run([sys.executable, "-m", "pytest", str(INNER), "-p", "no:cacheprovider",
                          "--artifacts", str(art), "--accel", "tcg", "-q", "-rf",

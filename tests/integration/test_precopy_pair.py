@@ -40,8 +40,8 @@ def test_corrupted_destination_byte_is_caught(harness_run, base_spec):
     migration: the byte-exact compare must name that page."""
     ram = "/dev/shm/qmh-corrupt-{}".format(id(harness_run))
     size = base_spec.memory_mib << 20
-    backend = ("-object", f"memory-backend-file,id=ram0,size={size},mem-path={ram},share=on",
-               "-machine", f"{base_spec.machine_type},memory-backend=ram0")
+    backend = ("-object", f"memory-backend-file,id=pc.ram,size={size},mem-path={ram},share=on",
+               "-machine", f"{base_spec.machine_type},memory-backend=pc.ram")
     pair = make_pair(harness_run, base_spec, dst_extra=backend)
     try:
         drivers.precopy(pair, Transport.TCP)

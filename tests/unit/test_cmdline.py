@@ -21,7 +21,7 @@ def test_basic_argv_has_monitor_serial_guest_and_no_defaults():
     assert "socket,id=qmp0,path=/tmp/qmh-x/qmp.sock" in joined
     assert "-mon chardev=qmp0,mode=control" in joined
     assert "-serial chardev:serial0" in joined
-    assert "file=/img/bootblock.img,format=raw" in joined
+    assert "file=/img/bootblock.img,format=raw" in joined and "secs=1,cyls=1,heads=1" in joined
     assert "-S" not in argv and "-incoming" not in argv
     assert argv[argv.index("-accel") + 1] == "tcg"
     assert argv[argv.index("-m") + 1] == "256"

@@ -41,4 +41,5 @@ def test_sigstop_hang(machine_factory):
 
 
 def test_plain_assertion_failure_keeps_artifacts(migration_pair):
+    migration_pair.wait_guest_ready()
     assert migration_pair.src.status() == "nonsense"
