@@ -45,7 +45,8 @@ def _argv(binary, d, image, mem, extra):
     return [binary, "-nodefaults", "-display", "none", "-accel", "tcg", "-machine", "q35",
             "-m", str(mem), "-qmp", f"unix:{d}/qmp.sock,server=on,wait=off",
             "-chardev", f"socket,id=s0,path={d}/serial.sock,server=on,wait=off",
-            "-serial", "chardev:s0", "-drive", f"file={image},format=raw,if=ide,snapshot=on", *extra]
+            "-serial", "chardev:s0", "-drive", f"if=none,id=d0,file={image},format=raw,snapshot=on",
+            "-device", "ide-hd,drive=d0,secs=1,cyls=1,heads=1", *extra]
 
 
 async def _connect(path: str) -> QMPClient:

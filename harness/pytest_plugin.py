@@ -50,6 +50,21 @@ def pytest_configure(config):
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     config._harness_run_stamp = stamp
     config.stash[_session_runs_key] = []
+    _validate_options(config)
+
+
+def _validate_options(config) -> None:
+    """Bad options are a one-line usage error before anything runs."""
+    o = config.option
+    try:
+        HarnessConfig.from_options(qemu=o.qemu, qemu_src=o.qemu_src, qemu_dst=o.qemu_dst,
+                                   accel=o.accel, guest=o.guest, artifacts=o.artifacts,
+                                   keep=o.keep_artifacts, machine=o.machine_type)
+        for b in (o.qemu, o.qemu_src, o.qemu_dst):
+            if b:  # only binaries the user named; the default is checked when first needed
+                probe(b)
+    except (SpecError, BinaryError) as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_configure_node(node):  # xdist hook: workers share the controller's run stamp
