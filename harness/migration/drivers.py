@@ -8,7 +8,7 @@ from harness.guest import integrity
 from harness.migration import tuning
 from harness.migration.metrics import MigrationMetrics, write_metrics
 from harness.migration.pair import Pair
-from harness.migration.states import wait_runstate, wait_status
+from harness.migration.states import MigrationStateError, wait_runstate, wait_status
 from harness.migration.transports import Transport, start_incoming
 from harness.qemu.spec import GuestKind
 
@@ -22,20 +22,37 @@ class PrecopyResult:
     integrity: dict = field(default_factory=dict)
 
 
-def precopy(pair: Pair, transport: Transport = Transport.TCP, *, caps: dict | None = None,
-            params: dict | None = None, converge: bool = True,
-            timeout: float = MIGRATION_TIMEOUT) -> PrecopyResult:
-    """Migrate src -> dst and wait for completion on both sides."""
+def prepare(pair: Pair, transport: Transport, *, caps: dict | None = None,
+            params: dict | None = None, dst_params: dict | None = None,
+            converge: bool = True) -> str:
+    """Guest ready, caps on both sides, params, destination listening; return the URI."""
     src, dst = pair.src, pair.dst
     pair.wait_guest_ready()
     for m in (src, dst):
         tuning.set_capabilities(m, {"events": True, **(caps or {})})
+    tuning.set_parameters(dst, dst_params or {})
     uri = start_incoming(transport, dst)
     if converge:
         tuning.ensure_converge(src)
     else:
         tuning.ensure_non_converge(src)
     tuning.set_parameters(src, params or {})
+    return uri
+
+
+def precopy(pair: Pair, transport: Transport = Transport.TCP, *, caps: dict | None = None,
+            params: dict | None = None, dst_params: dict | None = None, converge: bool = True,
+            live: bool = True, timeout: float = MIGRATION_TIMEOUT) -> PrecopyResult:
+    """Migrate src -> dst and wait for completion on both sides.
+
+    Raises QMPCommandError if QEMU refuses a command, MigrationStateError if
+    the migration fails or is cancelled.
+    """
+    src, dst = pair.src, pair.dst
+    uri = prepare(pair, transport, caps=caps, params=params, dst_params=dst_params,
+                  converge=converge)
+    if not live:
+        src.cmd("stop")
     src_mark, dst_mark = src.qmp.events.mark(), dst.qmp.events.mark()
     src.cmd("migrate", {"uri": uri})
     wait_status(src, {"completed"}, since=src_mark, timeout=timeout)

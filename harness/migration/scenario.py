@@ -1,7 +1,8 @@
 """Scenario: one declared migration case, frozen, with a qtest-style path id.
 
-Adding a mode to the catalog is adding one Scenario; a driver is only added
-when the flow itself is new.
+Adding a mode to the catalog is adding one Scenario to a family module in
+harness/migration/families/; a flow driver (harness/migration/flows/) is only
+added when the flow itself is new.
 """
 from __future__ import annotations
 
@@ -20,10 +21,34 @@ PATH_RX = re.compile(r"^/migration(/[a-z0-9][a-z0-9_.+-]*)+$")
 
 class Flow(enum.Enum):
     PRECOPY = "precopy"
+    POSTCOPY = "postcopy"
+    POSTCOPY_RECOVERY = "postcopy-recovery"
+    FILE = "file"                       # migrate to a file, then load it
+    BACKGROUND_SNAPSHOT = "background-snapshot"
+    CANCEL = "cancel"
+    CPR_REBOOT = "cpr-reboot"
+    CPR_TRANSFER = "cpr-transfer"
+    COLO = "colo"
+    PING_PONG = "ping-pong"             # A -> B -> A -> B, binaries swapping sides
 
 
 class Result(enum.Enum):
-    COMPLETED = "completed"
+    COMPLETED = "completed"             # both sides completed, integrity proven
+    REFUSED = "refused"                 # a QMP command is refused with an error class
+    FAILED = "failed"                   # source 'failed'; destination exits non-zero
+    CANCELLED = "cancelled"             # source 'cancelled', still running its guest
+
+
+@dataclass(frozen=True)
+class Expect:
+    result: Result = Result.COMPLETED
+    error_class: str | None = None      # REFUSED: QMP error class, e.g. GenericError
+    error_match: str | None = None      # regex on the error text (QMP desc or stderr)
+    dst_exit: tuple[int, ...] = (1,)    # FAILED: the destination's exit codes
+
+    def __post_init__(self):
+        if self.result is Result.REFUSED and not (self.error_class or self.error_match):
+            raise SpecError("Expect(REFUSED) needs error_class or error_match")
 
 
 @dataclass(frozen=True)
@@ -35,7 +60,7 @@ class KnownBug:
     fixed_in: tuple[int, int, int] | None = None  # first QEMU version with the fix
 
     def affects(self, version: tuple[int, int, int]) -> bool:
-        return self.fixed_in is None or version < self.fixed_in
+        return self.fixed_in is None or tuple(version) < self.fixed_in
 
 
 def _frozen(d: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -49,13 +74,19 @@ class Scenario:
     transport: Transport = Transport.TCP
     caps: Mapping[str, bool] = field(default_factory=dict)       # both sides
     params: Mapping[str, Any] = field(default_factory=dict)      # source
-    dst_params: Mapping[str, Any] = field(default_factory=dict)
+    dst_params: Mapping[str, Any] = field(default_factory=dict)  # destination
     converge: bool = True
-    expect: Result = Result.COMPLETED
+    live: bool = True                    # False: source stopped before migrate
+    expect: Expect = field(default_factory=Expect)
     tiers: frozenset[str] = frozenset({"full"})
     guest: GuestKind | None = None       # None: the session's --guest
     memory_mib: int | None = None
+    src_args: tuple[str, ...] = ()
+    dst_args: tuple[str, ...] = ()
+    requires: tuple[Any, ...] = ()       # harness.migration.requirements objects
+    options: Mapping[str, Any] = field(default_factory=dict)     # flow-specific knobs
     known_bug: KnownBug | None = None
+    timeout: float = 120.0
     note: str = ""
 
     def __post_init__(self):
@@ -64,11 +95,16 @@ class Scenario:
         bad = set(self.tiers) - TIERS
         if bad or not self.tiers:
             raise SpecError(f"scenario {self.path}: tiers {sorted(bad) or '[]'} not in {sorted(TIERS)}")
-        for name in ("caps", "params", "dst_params"):
+        for name in ("caps", "params", "dst_params", "options"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         for k, v in self.caps.items():
             if not isinstance(v, bool):
                 raise SpecError(f"scenario {self.path}: capability {k} must be true/false, got {v!r}")
+        if not isinstance(self.flow, Flow) or not isinstance(self.transport, Transport):
+            raise SpecError(f"scenario {self.path}: flow/transport must be Flow/Transport members")
+        if isinstance(self.src_args, str) or isinstance(self.dst_args, str):
+            raise SpecError(f"scenario {self.path}: src_args/dst_args must be tuples of strings")
+        object.__setattr__(self, "tiers", frozenset(self.tiers))
 
     @property
     def family(self) -> str:

@@ -10,6 +10,11 @@ from harness.qemu.machine import Machine
 class Transport(enum.Enum):
     TCP = "tcp"
     UNIX = "unix"
+    FD = "fd"              # socketpair, one end passed to each side with getfd
+    EXEC = "exec"
+    FILE = "file"
+    CHANNELS = "channels"  # the 'channels' argument instead of a URI
+    RDMA = "rdma"
 
 
 def listen_uri(transport: Transport, dst: Machine, host: str = "127.0.0.1") -> str:
@@ -18,7 +23,7 @@ def listen_uri(transport: Transport, dst: Machine, host: str = "127.0.0.1") -> s
     if transport is Transport.UNIX:
         assert dst.run_dir is not None
         return f"unix:{Path(dst.run_dir) / 'migrate.sock'}"
-    raise ValueError(f"unsupported transport {transport}")
+    raise ValueError(f"listen_uri: transport {transport.value} needs its own flow helper")
 
 
 def connect_uri(transport: Transport, dst: Machine) -> str:

@@ -1,23 +1,45 @@
-"""Parametrize catalog tests by scenario: path ids, tier markers, strict xfails."""
+"""Catalog plumbing: parametrize by scenario (path ids, tier markers), skip on unmet
+preconditions with the precise reason, strict xfail on known QEMU bugs.
+
+Each test_<family>.py names its FAMILIES; the scenarios come from
+harness.migration.catalog.
+"""
 import pytest
 
-from harness.migration import catalog
+from harness.migration import catalog, requirements
+from harness.migration.runner import run_scenario
+from harness.qemu.binary import probe
 
 
 def pytest_generate_tests(metafunc):
     if "scenario" not in metafunc.fixturenames:
         return
+    fams = getattr(metafunc.module, "FAMILIES", None)
     params = []
-    for s in catalog.select():
+    for s in catalog.select(families_=fams):
         marks = [getattr(pytest.mark, t) for t in sorted(s.tiers)]
         params.append(pytest.param(s, id=s.path, marks=marks))
     metafunc.parametrize("scenario", params)
 
 
 @pytest.fixture
-def known_bug_xfail(request, scenario, harness_config):
-    """A scenario hitting a known QEMU bug on this binary is a strict expected failure."""
-    from harness.qemu.binary import probe
+def scenario_env(harness_config, qemu_accel) -> requirements.Env:
+    src, dst = probe(harness_config.qemu_src), probe(harness_config.qemu_dst)
+    return requirements.Env(src_binary=src.path, dst_binary=dst.path, accel=qemu_accel,
+                            src_version=src.version_tuple, dst_version=dst.version_tuple)
+
+
+@pytest.fixture
+def run_catalog_scenario(request, scenario, scenario_env, harness_run, base_spec, harness_config):
+    """Skip (with reason) or xfail (strict, with bug URL) as declared, then run it."""
+    reason = requirements.unmet(scenario.requires, scenario_env)
+    if reason:
+        pytest.skip(f"{scenario.path}: {reason}")
     bug = scenario.known_bug
-    if bug is not None and bug.affects(probe(harness_config.qemu_src).version_tuple):
+    if bug is not None and bug.affects(scenario_env.src_version):
         request.applymarker(pytest.mark.xfail(reason=f"{bug.summary} ({bug.url})", strict=True))
+
+    def run():
+        return run_scenario(scenario, harness_run, base_spec, harness_config,
+                            scenario_env.src_binary, scenario_env.dst_binary)
+    return run

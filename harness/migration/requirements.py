@@ -1,0 +1,146 @@
+"""Preconditions a scenario declares; each unmet one is a precise skip reason.
+
+Binary facts come from harness.qemu.capabilities (probed, cached); host facts
+are read from this host. check() returns None when met, else the reason.
+"""
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.qemu import capabilities
+
+
+@dataclass(frozen=True)
+class Env:
+    """What requirements are checked against."""
+
+    src_binary: str
+    dst_binary: str
+    accel: str
+    src_version: tuple[int, int, int]
+    dst_version: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Capability:
+    name: str
+
+    def check(self, env: Env) -> str | None:
+        for b in {env.src_binary, env.dst_binary}:
+            if self.name not in capabilities.probe(b).capabilities:
+                return f"{b} has no migration capability '{self.name}'"
+        return None
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+
+    def check(self, env: Env) -> str | None:
+        for b in {env.src_binary, env.dst_binary}:
+            if self.name not in capabilities.probe(b).parameters:
+                return f"{b} has no migration parameter '{self.name}'"
+        return None
+
+
+@dataclass(frozen=True)
+class Compression:
+    method: str
+
+    def check(self, env: Env) -> str | None:
+        for b in {env.src_binary, env.dst_binary}:
+            if self.method not in capabilities.probe(b).compression:
+                return f"multifd compression '{self.method}' is not built into {b}"
+        return None
+
+
+@dataclass(frozen=True)
+class ObjectType:
+    name: str
+
+    def check(self, env: Env) -> str | None:
+        for b in {env.src_binary, env.dst_binary}:
+            if self.name not in capabilities.probe(b).object_types:
+                return f"{b} has no object type '{self.name}'"
+        return None
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+
+    def check(self, env: Env) -> str | None:
+        for b in {env.src_binary, env.dst_binary}:
+            if self.name not in capabilities.probe(b).commands:
+                return f"{b} has no QMP command '{self.name}'"
+        return None
+
+
+@dataclass(frozen=True)
+class Accel:
+    name: str
+
+    def check(self, env: Env) -> str | None:
+        if env.accel != self.name:
+            return f"needs -accel {self.name}; this run uses {env.accel}"
+        return None
+
+
+@dataclass(frozen=True)
+class Userfaultfd:
+    """Postcopy needs userfaultfd (syscall, or /dev/userfaultfd)."""
+
+    def check(self, env: Env) -> str | None:
+        if os.geteuid() == 0 or Path("/dev/userfaultfd").exists():
+            return None
+        try:
+            if Path("/proc/sys/vm/unprivileged_userfaultfd").read_text().strip() == "1":
+                return None
+        except OSError:
+            return "userfaultfd: /proc/sys/vm/unprivileged_userfaultfd missing (kernel without it)"
+        return "userfaultfd: not root, no /dev/userfaultfd and vm.unprivileged_userfaultfd=0"
+
+
+@dataclass(frozen=True)
+class RdmaDevice:
+    def check(self, env: Env) -> str | None:
+        d = Path("/sys/class/infiniband")
+        if not d.is_dir() or not any(d.iterdir()):
+            return "no RDMA device: /sys/class/infiniband is missing or empty"
+        return None
+
+
+@dataclass(frozen=True)
+class Memlock:
+    """RDMA pin-all (and similar) need RLIMIT_MEMLOCK of at least min_bytes."""
+
+    min_bytes: int
+
+    def check(self, env: Env) -> str | None:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        if soft != resource.RLIM_INFINITY and soft < self.min_bytes:
+            return f"RLIMIT_MEMLOCK is {soft} bytes, needs {self.min_bytes}"
+        return None
+
+
+@dataclass(frozen=True)
+class MinVersion:
+    version: tuple[int, int, int]
+
+    def check(self, env: Env) -> str | None:
+        for v in {env.src_version, env.dst_version}:
+            if tuple(v) < self.version:
+                return f"needs QEMU >= {'.'.join(map(str, self.version))}, have {'.'.join(map(str, v))}"
+        return None
+
+
+def unmet(requires, env: Env) -> str | None:
+    """The first unmet requirement's reason, or None."""
+    for r in requires:
+        reason = r.check(env)
+        if reason:
+            return reason
+    return None

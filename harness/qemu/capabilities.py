@@ -1,0 +1,64 @@
+"""What a QEMU binary can do for migration, probed once over QMP and cached.
+
+Capabilities and parameters come from query-migrate-capabilities/-parameters;
+compression methods from trying each on multifd-compression (a method not built
+in is refused); object types from qom-list-types.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import cache
+from harness.qemu.qmp import QMPCommandError
+from harness.qemu.spec import GuestKind, GuestSpec, MachineSpec
+
+COMPRESSION_METHODS = ("none", "zlib", "zstd", "qpl", "uadk", "qatzip")
+
+
+@dataclass(frozen=True)
+class MigrationFeatures:
+    capabilities: frozenset[str]
+    parameters: frozenset[str]
+    compression: frozenset[str]
+    object_types: frozenset[str]
+    commands: frozenset[str]
+
+
+def probe(binary: str) -> MigrationFeatures:
+    key = cache.file_key(binary)
+    with cache.locked("features", key):
+        hit = cache.load("features", key)
+        if hit is None:
+            hit = _probe_uncached(binary)
+            cache.store("features", key, hit)
+    return MigrationFeatures(**{k: frozenset(v) for k, v in hit.items()})
+
+
+def _probe_uncached(binary: str) -> dict:
+    from harness.hosts.local import LocalHost
+    from harness.qemu.cmdline import GuestFiles
+    from harness.qemu.machine import Machine
+
+    spec = MachineSpec(binary=binary, name="features", accel="tcg", machine_type="none",
+                       memory_mib=16, guest=GuestSpec(kind=GuestKind.NONE), paused=True)
+    with tempfile.TemporaryDirectory(prefix="qmh-features-") as tmp:
+        m = Machine(LocalHost(), spec, Path(tmp) / "features", GuestFiles())
+        try:
+            m.launch()
+            caps = [c["capability"] for c in m.cmd("query-migrate-capabilities")]
+            params = list(m.cmd("query-migrate-parameters").keys())
+            comp = []
+            for method in COMPRESSION_METHODS:
+                try:
+                    m.cmd("migrate-set-parameters", {"multifd-compression": method})
+                    comp.append(method)
+                except QMPCommandError:
+                    pass
+            types = [t["name"] for t in m.cmd("qom-list-types", {"abstract": False})]
+            cmds = [c["name"] for c in m.cmd("query-commands")]
+        finally:
+            m.shutdown()
+    return {"capabilities": caps, "parameters": params, "compression": comp,
+            "object_types": types, "commands": cmds}
