@@ -28,12 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("qemu", help="show what the harness knows about a QEMU binary")
     q.add_argument("binary", nargs="?", default="qemu-system-x86_64")
     q.add_argument("--accel", action="store_true", help="also measure accel=auto (boots guests)")
+    from harness.stress import command as hammer_cmd
+    hammer_cmd.add_parser(sub)
     if argv[:1] == ["images"]:
         from harness.guest import images
         return _guard(lambda: images.main(argv[1:]))
     args = parser.parse_args(argv)
     if args.cmd == "qemu":
         return _guard(lambda: _cmd_qemu(args))
+    if args.cmd == "hammer":
+        return _guard(lambda: hammer_cmd.main(args))
     return 2
 
 

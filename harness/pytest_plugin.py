@@ -5,6 +5,7 @@ Thin on purpose: everything real lives in harness.* and is usable without pytest
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def pytest_addoption(parser):
     g.addoption("--guest", default="bootblock", help="bootblock or linux")
     g.addoption("--machine-type", default=None, help="QEMU -machine type (default q35)")
     g.addoption("--artifacts", default="artifacts", help="root dir for per-test artifacts")
+    g.addoption("--hammer-seed", type=int, default=None,
+                help="seed for every random choice (default: random, printed and recorded)")
     g.addoption("--keep-artifacts", action="store_true",
                 help="keep artifacts of passing tests too (failures are always kept)")
 
@@ -49,6 +52,10 @@ def pytest_configure(config):
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     config._harness_run_stamp = stamp
+    if config.option.hammer_seed is None:
+        # Workers must share the controller's seed so a run can be replayed.
+        config.option.hammer_seed = (config.workerinput["harness_seed"] if hasattr(config, "workerinput")
+                                     else random.SystemRandom().getrandbits(32))
     config.stash[_session_runs_key] = []
     _validate_options(config)
 
@@ -69,6 +76,11 @@ def _validate_options(config) -> None:
 
 def pytest_configure_node(node):  # xdist hook: workers share the controller's run stamp
     node.workerinput[RUN_STAMP_KEY] = node.config._harness_run_stamp
+    node.workerinput["harness_seed"] = node.config.option.hammer_seed
+
+
+def pytest_report_header(config):
+    return f"harness: seed {config.option.hammer_seed} (replay with --hammer-seed {config.option.hammer_seed})"
 
 
 @pytest.fixture(scope="session")
@@ -162,9 +174,14 @@ def pytest_runtest_makereport(item, call):
     report = yield
     run = item.stash.get(_run_key, None)
     if report.when == "call":
-        item.stash[_failed_key] = report.failed
+        # Keep the evidence of expected failures too: their message points at it.
+        item.stash[_failed_key] = report.failed or getattr(report, "wasxfail", None) is not None
     elif report.failed:
         item.stash[_failed_key] = True
+    if getattr(report, "wasxfail", None) is not None and call.excinfo is not None:
+        from harness.stress.known_bugs import KnownBugReproduced
+        if call.excinfo.errisinstance(KnownBugReproduced):
+            report.wasxfail = str(call.excinfo.value)  # which bug, seen where
     if run is not None and report.failed:
         report.sections.append(("harness artifacts", str(run.artifacts)))
         report.user_properties.append(("artifacts", str(run.artifacts)))
@@ -175,7 +192,7 @@ def pytest_sessionfinish(session, exitstatus):
     """Leak check: every QEMU this session started must be gone, every run dir removed."""
     leaks = []
     for run in session.config.stash.get(_session_runs_key, []):
-        for m in run.machines:
+        for m in run.all_machines():
             if m.is_running():
                 leaks.append(f"QEMU pid {m.pid} ({m.name}) still running")
                 m.proc.kill_group()

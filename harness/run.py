@@ -40,23 +40,37 @@ def resolve_guest_files(spec: MachineSpec) -> GuestFiles:
 
 
 class TestRun:
-    def __init__(self, artifacts: Path, host: Host | None = None):
+    def __init__(self, artifacts: Path, host: Host | None = None, want_evidence=None):
         self.artifacts = artifacts
+        self.want_evidence = want_evidence  # see Machine.want_evidence
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.host = host or LocalHost()
         self.machines: list[Machine] = []
         self.outcomes: dict[str, Outcome] = {}
         self.finished = False
+        self.children: list[TestRun] = []
+
+    def child(self, name: str) -> "TestRun":
+        """A nested run (one hammer attempt inside a test); torn down with its parent."""
+        c = TestRun(self.artifacts / name, self.host, self.want_evidence)
+        self.children.append(c)
+        return c
+
+    def all_machines(self) -> list[Machine]:
+        return self.machines + [m for c in self.children for m in c.all_machines()]
 
     def machine(self, spec: MachineSpec, launch: bool = True) -> Machine:
         if any(m.name == spec.name for m in self.machines):
             raise ValueError(f"machine name '{spec.name}' already used in this test")
-        m = Machine(self.host, spec, self.artifacts / spec.name, resolve_guest_files(spec))
+        m = Machine(self.host, spec, self.artifacts / spec.name, resolve_guest_files(spec),
+                    want_evidence=self.want_evidence)
         self.machines.append(m)
         return m.launch() if launch else m
 
     def finish(self) -> list[Outcome]:
         """Shut down every machine; raise MachineFailure for the first unexpected exit."""
+        for c in self.children:
+            c.abort()
         if self.finished:
             return list(self.outcomes.values())
         self.finished = True
@@ -72,6 +86,8 @@ class TestRun:
 
     def abort(self) -> None:
         """Best-effort teardown after the test already failed: never raises."""
+        for c in self.children:
+            c.abort()
         if self.finished:
             return
         self.finished = True

@@ -58,6 +58,10 @@ class KnownBug:
     url: str
     summary: str
     fixed_in: tuple[int, int, int] | None = None  # first QEMU version with the fix
+    signature: str | None = None  # regex on the failure signature this bug produces
+
+    def matches(self, failure_signature: str) -> bool:
+        return self.signature is not None and re.search(self.signature, failure_signature) is not None
 
     def affects(self, version: tuple[int, int, int]) -> bool:
         return self.fixed_in is None or tuple(version) < self.fixed_in

@@ -12,7 +12,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness.hosts.base import Host, Process
 from harness.qemu import debug
@@ -50,7 +50,8 @@ KILL_TIMEOUT = 10.0
 
 class Machine:
     def __init__(self, host: Host, spec: MachineSpec, artifacts: Path, guest: GuestFiles,
-                 qmp_timeout: float = 30.0):
+                 qmp_timeout: float = 30.0,
+                 want_evidence: Callable[[int, str], bool] | None = None):
         self.host = host
         self.spec = spec
         self.artifacts = artifacts
@@ -67,6 +68,9 @@ class Machine:
         self._expected_stderr: str | None = None
         self._hang_reason: str | None = None
         self._listeners = []
+        # Hammering decides per crash whether core + gdb are worth their cost
+        # (rc, stderr) -> bool; None means always collect.
+        self.want_evidence = want_evidence
 
     # ------------------------------------------------------------------ launch
     @property
@@ -215,7 +219,8 @@ class Machine:
 
     def _classify_exit(self, rc: int) -> Outcome:
         core = bt = note = None
-        if rc < 0 and -rc in CORE_SIGNALS and self.run_dir is not None:
+        collect = self.want_evidence is None or self.want_evidence(rc, self.stderr_text())
+        if rc < 0 and -rc in CORE_SIGNALS and self.run_dir is not None and collect:
             found = debug.search_core(self.run_dir, self.pid, self.spec.binary, run=self.host.run)
             note = found.note
             if found.path is not None:

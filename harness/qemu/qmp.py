@@ -191,12 +191,28 @@ class Monitor:
         try:
             return run_async(self._client.execute_msg(msg), timeout)
         except ExecuteError as exc:
-            raise QMPCommandError(command, exc.error_class, exc.error.desc) from None
+            raise QMPCommandError(command, exc.error_class, str(exc)) from None
         except TimeoutError:
             raise QMPTimeout(f"{self.name}: {command} got no reply within {timeout}s") from None
         except Exception as exc:  # StateError, ExecInterruptedError, EOFError...
             raise QMPDisconnected(f"{self.name}: {command}: connection lost "
                                   f"({type(exc).__name__}: {exc})") from None
+
+    def flood(self, command: str, count: int, args: dict | None = None, oob: bool = False) -> None:
+        """Pipeline `count` commands without waiting for replies (race recipes).
+
+        Replies (or the disconnect errors when QEMU exits) are drained and dropped.
+        """
+        async def _fire():
+            for _ in range(count):
+                msg = QMPClient.make_execute_msg(command, args, oob=oob)
+                t = asyncio.ensure_future(self._client.execute_msg(msg))
+                t.add_done_callback(_swallow)
+        asyncio.run_coroutine_threadsafe(_fire(), _Loop.get()).result(10)
+
+    def send_nowait(self, command: str, args: dict | None = None) -> None:
+        """Issue one command and return at once (e.g. quit in a race recipe)."""
+        self.flood(command, 1, args)
 
     def send_fd(self, fd: int) -> None:
         """Pass a file descriptor (SCM_RIGHTS) before a getfd/add-fd command."""
@@ -208,6 +224,11 @@ class Monitor:
             return self.cmd(command, args, timeout=timeout)
         except (QMPCommandError, QMPTimeout, QMPDisconnected) as exc:
             return {"error": str(exc)}
+
+
+def _swallow(task: "asyncio.Future") -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def listen_unix(path: Path) -> socket.socket:

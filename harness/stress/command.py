@@ -1,0 +1,99 @@
+"""`harness hammer shutdown-race ...`: the race recipe from the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from harness.qemu import accel as accel_mod
+from harness.qemu.binary import probe
+from harness.qemu.spec import MachineSpec, SpecError
+from harness.report.reproducer import export_shutdown_race, run_reproducer
+from harness.stress.hammer import (HammerConfig, cleanup_empty, hammer, print_progress,
+                                   quiet_expected_noise, run_one)
+from harness.stress.races import MIGRATION_QUERIES, RaceState, ShutdownMethod, ShutdownRace
+
+
+def slug(signature: str) -> str:
+    """'crash SIGABRT: migrate_mode: Assertion ...' -> 'crash-SIGABRT-migrate_mode-Assertion-mode'."""
+    import re
+    words = re.findall(r"[A-Za-z0-9_]+", signature)[:6]
+    return "-".join(words) or "failure"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("hammer", help="hammer a race recipe; triage crashes; export reproducers")
+    p.add_argument("recipe", choices=["shutdown-race"])
+    p.add_argument("--qemu", default="qemu-system-x86_64")
+    p.add_argument("--accel", default="auto")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--attempts", type=int, default=None, help="stop after N attempts in total")
+    p.add_argument("-j", "--parallel", type=int, default=4, help="worker processes (default 4)")
+    p.add_argument("--until-crash", action="store_true", help="stop at the first crash or hang")
+    p.add_argument("--method", choices=[m.value for m in ShutdownMethod], default="sigterm")
+    p.add_argument("--state", choices=[s.value for s in RaceState], default="idle")
+    p.add_argument("--monitors", type=int, default=2)
+    p.add_argument("--flood", type=int, default=32)
+    p.add_argument("--commands", default="query-migrate",
+                   help=f"comma-separated queries, e.g. {','.join(MIGRATION_QUERIES)}")
+    p.add_argument("--random", action="store_true", help="draw method/state/monitors per attempt")
+    p.add_argument("--seed", type=int, default=None, help="session seed (default: random, printed)")
+    p.add_argument("--replay", type=int, default=None, metavar="ATTEMPT_SEED",
+                   help="re-run exactly one recorded attempt (its seed.txt)")
+    p.add_argument("--no-malloc-perturb", action="store_true")
+    p.add_argument("--artifacts", default="artifacts/hammer")
+    p.add_argument("--verify-reproducers", type=float, default=0.0, metavar="SECONDS",
+                   help="run each exported reproducer this long and record its hit rate")
+
+
+def main(args) -> int:
+    quiet_expected_noise()
+    if args.parallel < 1 or args.parallel > 64:
+        raise SpecError(f"--parallel {args.parallel} must be 1..64")
+    if args.seconds <= 0:
+        raise SpecError(f"--seconds {args.seconds} must be > 0")
+    recipe = ShutdownRace(method=ShutdownMethod(args.method), state=RaceState(args.state),
+                          monitors=args.monitors, flood=args.flood,
+                          commands=tuple(c.strip() for c in args.commands.split(",") if c.strip()),
+                          randomize=args.random)
+    binary = probe(args.qemu).path
+    base = MachineSpec(binary=binary, accel=accel_mod.resolve(binary, args.accel))
+    root = Path(args.artifacts).resolve() / time.strftime("%Y%m%d-%H%M%S")
+    if args.replay is not None:
+        rec = run_one(recipe, base, root / "replay", args.replay, not args.no_malloc_perturb,
+                      keep_passing=True)
+        print(json.dumps({"seed": rec.seed, "variant": rec.variant, "malloc_perturb": rec.malloc_perturb,
+                          "signature": rec.signature, "artifacts": rec.artifacts}, indent=2))
+        return 0 if rec.ok else 1
+    seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
+    print(f"hammer {recipe.path} seed {seed} parallel {args.parallel} artifacts {root}",
+          file=sys.stderr, flush=True)
+    cfg = HammerConfig(base=base, artifacts=root, seconds=args.seconds, attempts=args.attempts,
+                       parallel=args.parallel, until_crash=args.until_crash, seed=seed,
+                       malloc_perturb=not args.no_malloc_perturb)
+    triage = hammer(recipe, cfg, print_progress)
+    for st in triage.rows():
+        if st.first_artifacts and st.kind in ("crash", "hang"):
+            try:
+                script = export_shutdown_race(Path(st.first_artifacts), st.first_variant,
+                                              root / "reproducers" / f"{slug(st.signature)}.py")
+                st.reproducer = str(script)
+                if args.verify_reproducers > 0:
+                    ok, line = run_reproducer(script, 10_000, args.verify_reproducers)
+                    st.reproducer += f" ({'reproduces' if ok else 'did not reproduce'}: {line})"
+            except (OSError, ValueError) as exc:
+                st.reproducer = f"not exported: {exc}"
+    triage.write(root / "triage.json")
+    print(triage.table())
+    el = triage.elapsed
+    crashes = triage.count("crash")
+    print(f"seed {seed}; triage: {root / 'triage.json'}")
+    if triage.errors:
+        print(f"harness errors: {len(triage.errors)} (first: {triage.errors[0]['error']})")
+    print(f"attempts {triage.attempts} in {el:.1f}s; crashes {crashes}; "
+          f"first failure at {triage.first_failure_at if triage.first_failure_at is not None else '-'}s")
+    cleanup_empty(root)
+    return 0

@@ -1,0 +1,191 @@
+"""Hammer a race recipe from several worker processes until time, count or a crash.
+
+Each attempt draws its variant and MALLOC_PERTURB_ from its own seeded RNG;
+the per-attempt seed is recorded so `--replay SEED` re-runs exactly that
+attempt. Workers are processes (not threads): QEMU's PR_SET_PDEATHSIG is tied
+to the spawning thread, and a process per worker keeps one slow attempt from
+stalling the others.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness.qemu.spec import MachineSpec
+from harness.run import TestRun
+from harness.stress.races import ShutdownRace, shutdown_attempt
+from harness.stress.triage import AttemptRecord, EvidenceBudget, Triage
+
+# recipe type -> attempt function(run, base_spec, variant) -> Outcome
+ATTEMPTS: dict[type, Callable] = {ShutdownRace: shutdown_attempt}
+
+
+@dataclass(frozen=True)
+class HammerConfig:
+    base: MachineSpec
+    artifacts: Path
+    seconds: float | None = 60.0
+    attempts: int | None = None
+    parallel: int = 2
+    until_crash: bool = False
+    seed: int = 0
+    malloc_perturb: bool = True
+    evidence_per_class: int = 3
+    keep_passing: bool = False
+
+
+def attempt_seed(session_seed: int, worker: int, index: int) -> int:
+    return random.Random(f"{session_seed}:{worker}:{index}").getrandbits(62)
+
+
+def draw_attempt(recipe, seed: int, malloc_perturb: bool):
+    """Everything random about one attempt, from its seed alone (replayable)."""
+    rng = random.Random(seed)
+    variant = recipe.draw(rng)
+    perturb = rng.randint(1, 255) if malloc_perturb else None
+    return variant, perturb
+
+
+def with_malloc_perturb(base: MachineSpec, perturb: int | None) -> MachineSpec:
+    """glibc fills freed/allocated memory with this byte: use-after-free becomes a crash."""
+    if perturb is None:
+        return base
+    env = tuple(kv for kv in base.env if kv[0] != "MALLOC_PERTURB_")
+    return base.with_(env=env + (("MALLOC_PERTURB_", str(perturb)),))
+
+
+def run_one(recipe, base: MachineSpec, art: Path, seed: int, malloc_perturb: bool,
+            budget: EvidenceBudget | None = None, worker: str = "w0", index: int = 0,
+            keep_passing: bool = False) -> AttemptRecord:
+    """One seeded attempt; everything random comes from `seed`."""
+    variant, perturb = draw_attempt(recipe, seed, malloc_perturb)
+    spec = with_malloc_perturb(base, perturb)
+    run = TestRun(art, want_evidence=budget)
+    (art / "seed.txt").write_text(f"{seed}\n")
+    t0 = time.monotonic()
+    outcome = ATTEMPTS[type(recipe)](run, spec, variant)
+    rec = AttemptRecord(worker=worker, index=index, seed=seed, variant=variant.to_dict(),
+                        kind=outcome.kind.name.lower(), signature=outcome.signature, ok=outcome.ok,
+                        seconds=round(time.monotonic() - t0, 3), artifacts=str(art),
+                        malloc_perturb=perturb, evidence=outcome.core is not None)
+    if outcome.ok and not keep_passing:
+        run.discard_artifacts()
+        rec.artifacts = None
+    return rec
+
+
+def quiet_expected_noise() -> None:
+    """QEMU dying mid-flood is the point: don't log every write to its dead socket."""
+    import logging
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+
+def _worker(wid: int, recipe, cfg: HammerConfig, deadline: float | None, max_attempts: int | None,
+            out: "mp.Queue", stop: "mp.Event") -> None:
+    quiet_expected_noise()
+    budget = EvidenceBudget(cfg.evidence_per_class)
+    i = 0
+    while not stop.is_set():
+        if deadline is not None and time.time() >= deadline:
+            break
+        if max_attempts is not None and i >= max_attempts:
+            break
+        seed = attempt_seed(cfg.seed, wid, i)
+        art = cfg.artifacts / f"w{wid}-{i:06d}"
+        try:
+            rec = run_one(recipe, cfg.base, art, seed, cfg.malloc_perturb, budget, f"w{wid}", i,
+                          cfg.keep_passing)
+            out.put(asdict(rec))
+        except Exception as exc:  # noqa: BLE001 - a harness error must not kill the hammer
+            out.put({"error": f"{type(exc).__name__}: {exc}", "worker": f"w{wid}", "index": i,
+                     "seed": seed})
+        i += 1
+    out.put({"done": wid})
+
+
+def hammer(recipe, cfg: HammerConfig, progress: Callable[[str], None] | None = None) -> Triage:
+    """Run until cfg.seconds/cfg.attempts/first crash; return the triage."""
+    cfg.artifacts.mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("spawn")
+    out, stop = ctx.Queue(), ctx.Event()
+    t_start = time.time()
+    deadline = t_start + cfg.seconds if cfg.seconds else None
+    per_worker = None
+    if cfg.attempts is not None:
+        per_worker = -(-cfg.attempts // cfg.parallel)
+    procs = [ctx.Process(target=_worker, args=(w, recipe, cfg, deadline, per_worker, out, stop),
+                         daemon=True) for w in range(cfg.parallel)]
+    for p in procs:
+        p.start()
+    triage, errors, done = Triage(), [], 0
+    next_report = time.monotonic() + 1.0
+    try:
+        while done < len(procs):
+            try:
+                msg = out.get(timeout=0.5)
+            except queue.Empty:
+                msg = None
+                if not any(p.is_alive() for p in procs):
+                    break
+            if msg is not None:
+                if "done" in msg:
+                    done += 1
+                elif "error" in msg:
+                    errors.append(msg)
+                else:
+                    rec = AttemptRecord(**msg)
+                    triage.add(rec, elapsed=time.time() - t_start)
+                    if cfg.until_crash and rec.kind in ("crash", "hang"):
+                        stop.set()
+            if progress and time.monotonic() >= next_report:
+                progress(_progress_line(triage, errors, time.time() - t_start))
+                next_report = time.monotonic() + 1.0
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(EXIT_GRACE)
+            if p.is_alive():
+                p.kill()  # its QEMUs die with it (PDEATHSIG)
+                p.join(5)
+    triage.errors = errors
+    triage.elapsed = time.time() - t_start
+    if progress:
+        progress(_progress_line(triage, errors, triage.elapsed))
+    return triage
+
+
+EXIT_GRACE = 60.0
+
+
+def _progress_line(t: Triage, errors: list, elapsed: float) -> str:
+    crashes, hangs = t.count("crash"), t.count("hang")
+    rate = t.attempts / elapsed if elapsed else 0.0
+    cpm = crashes / elapsed * 60 if elapsed else 0.0
+    return (f"[{elapsed:6.1f}s] attempts {t.attempts} ({rate:.1f}/s) crashes {crashes} "
+            f"({cpm:.0f}/min) hangs {hangs} harness-errors {len(errors)} signatures {len(t.by_sig)}")
+
+
+def print_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cleanup_empty(path: Path) -> None:
+    """Drop the artifact root if nothing was kept."""
+    try:
+        if path.is_dir() and not any(path.iterdir()):
+            shutil.rmtree(path)
+    except OSError:
+        pass
+
+
+__all__ = ["HammerConfig", "hammer", "run_one", "attempt_seed", "print_progress", "cleanup_empty",
+           "os"]

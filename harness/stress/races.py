@@ -1,0 +1,127 @@
+"""Race recipes: the ways QEMU has been seen to crash when things overlap.
+
+The shutdown recipe (the seed case): migration queries queued on one or more
+monitors (OOB-capable ones included) while QEMU shuts down by QMP quit,
+SIGTERM or SIGINT, idle or mid-migration. monitor_cleanup() dispatches the
+queued query-migrate after migration_shutdown() dropped the migration object,
+and migrate_mode() reads freed memory: with MALLOC_PERTURB_ that becomes
+"migrate_mode: Assertion 'mode >= 0 && mode < MIG_MODE__MAX' failed".
+"""
+from __future__ import annotations
+
+import enum
+import random
+import signal
+import time
+from dataclasses import dataclass, replace
+
+from harness.migration import tuning
+from harness.migration.pair import make_pair
+from harness.migration.transports import Transport, start_incoming
+from harness.qemu.machine import Machine, MachineFailure
+from harness.qemu.outcome import Outcome
+from harness.qemu.spec import GuestKind, GuestSpec, MachineSpec, SpecError
+from harness.run import TestRun
+
+EXIT_TIMEOUT = 15.0
+
+
+class ShutdownMethod(enum.Enum):
+    QUIT = "quit"
+    SIGTERM = "sigterm"
+    SIGINT = "sigint"
+
+
+class RaceState(enum.Enum):
+    IDLE = "idle"            # no guest, paused: the fastest attempt
+    MIGRATING = "migrating"  # a non-converging precopy is active when QEMU goes down
+
+
+MIGRATION_QUERIES = ("query-migrate", "query-migrate-parameters", "query-migrate-capabilities")
+
+
+@dataclass(frozen=True)
+class ShutdownRace:
+    method: ShutdownMethod = ShutdownMethod.SIGTERM
+    state: RaceState = RaceState.IDLE
+    monitors: int = 2                       # QMP monitors flooding (the first also shuts down)
+    flood: int = 32                         # queued commands per monitor
+    commands: tuple[str, ...] = ("query-migrate",)
+    randomize: bool = False                 # draw method/state/monitors per attempt
+
+    def __post_init__(self):
+        if self.monitors < 1 or self.monitors > 8:
+            raise SpecError(f"shutdown race: monitors {self.monitors} must be 1..8")
+        if self.flood < 1:
+            raise SpecError(f"shutdown race: flood {self.flood} must be >= 1")
+        if not self.commands:
+            raise SpecError("shutdown race: commands must not be empty")
+
+    @property
+    def path(self) -> str:
+        return f"/migration/races/shutdown/{self.commands[0]}/{self.state.value}/{self.method.value}"
+
+    def draw(self, rng: random.Random) -> "ShutdownRace":
+        """The concrete variant for one attempt (recorded, so replayable)."""
+        if not self.randomize:
+            return self
+        return replace(self, randomize=False,
+                       method=rng.choice(list(ShutdownMethod)),
+                       state=rng.choice([RaceState.IDLE] * 3 + [RaceState.MIGRATING]),
+                       monitors=rng.randint(1, 3),
+                       commands=("query-migrate",) + tuple(
+                           c for c in MIGRATION_QUERIES[1:] if rng.random() < 0.3))
+
+    def to_dict(self) -> dict:
+        return {"method": self.method.value, "state": self.state.value, "monitors": self.monitors,
+                "flood": self.flood, "commands": list(self.commands)}
+
+
+def _idle_machine(run: TestRun, base: MachineSpec, race: ShutdownRace) -> Machine:
+    spec = base.with_(name="vm", machine_type="none", memory_mib=16,
+                      guest=GuestSpec(kind=GuestKind.NONE), paused=True,
+                      extra_monitors=race.monitors - 1, extra_args=())
+    return run.machine(spec)
+
+
+def _migrating_source(run: TestRun, base: MachineSpec, race: ShutdownRace) -> Machine:
+    spec = base.with_(guest=GuestSpec(kind=GuestKind.BOOTBLOCK), extra_monitors=race.monitors - 1)
+    pair = make_pair(run, spec, dst_paused=True)
+    pair.wait_guest_ready()
+    uri = start_incoming(Transport.TCP, pair.dst)
+    tuning.ensure_non_converge(pair.src)
+    pair.src.cmd("migrate", {"uri": uri})
+    # The destination may see its source vanish: exiting non-zero then is expected.
+    pair.dst.expect_exit((0, 1))
+    return pair.src
+
+
+def shutdown_attempt(run: TestRun, base: MachineSpec, race: ShutdownRace) -> Outcome:
+    """One attempt: flood, shut down, classify the exit. Never raises on a QEMU failure."""
+    try:
+        m = (_idle_machine if race.state is RaceState.IDLE else _migrating_source)(run, base, race)
+        per_cmd = max(1, race.flood // len(race.commands))
+        monitors = [*m.extra_qmp, m.qmp]
+        for mon in monitors[:-1]:
+            for c in race.commands:
+                mon.flood(c, per_cmd)
+        main = m.qmp
+        if race.method is ShutdownMethod.QUIT:
+            for c in race.commands:
+                main.flood(c, per_cmd // 2)
+            main.send_nowait("quit")
+            for c in race.commands:
+                main.flood(c, per_cmd - per_cmd // 2)
+        else:
+            for c in race.commands:
+                main.flood(c, per_cmd)
+            m.kill(signal.SIGTERM if race.method is ShutdownMethod.SIGTERM else signal.SIGINT)
+        outcome = m.wait_exit(EXIT_TIMEOUT)
+        if outcome is None:
+            outcome = m.declare_hang(f"{m.name}: did not exit within {EXIT_TIMEOUT:.0f}s of "
+                                     f"{race.method.value} with queued {race.commands[0]}")
+    except MachineFailure as exc:  # crashed or hung while setting up
+        outcome = exc.outcome
+    run.abort()
+    worst = [o for o in run.outcomes.values() if not o.ok]
+    return worst[0] if worst else outcome

@@ -1,0 +1,101 @@
+"""Triage: group failures by signature, count them, keep the first evidence.
+
+A signature is the Outcome's (kind, signal, assertion text or top frames);
+records from any number of workers are merged here.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class AttemptRecord:
+    """One attempt's result, as sent from a worker (JSON-able)."""
+
+    worker: str
+    index: int
+    seed: int
+    variant: dict
+    kind: str                  # outcome kind name (clean, crash, hang, ...)
+    signature: str
+    ok: bool
+    seconds: float
+    artifacts: str | None = None
+    malloc_perturb: int | None = None
+    evidence: bool = False     # core + backtrace collected for this one
+
+
+@dataclass
+class SignatureStats:
+    signature: str
+    kind: str
+    count: int = 0
+    first_artifacts: str | None = None
+    first_seed: int | None = None
+    first_variant: dict = field(default_factory=dict)
+    reproducer: str | None = None
+
+
+class Triage:
+    def __init__(self):
+        self.attempts = 0
+        self.by_sig: dict[str, SignatureStats] = {}
+        self.first_failure_at: float | None = None
+
+    def add(self, rec: AttemptRecord, elapsed: float | None = None) -> SignatureStats | None:
+        self.attempts += 1
+        if rec.ok:
+            return None
+        st = self.by_sig.get(rec.signature)
+        if st is None:
+            st = self.by_sig[rec.signature] = SignatureStats(rec.signature, rec.kind)
+        st.count += 1
+        if st.first_artifacts is None and rec.artifacts:
+            st.first_artifacts, st.first_seed, st.first_variant = rec.artifacts, rec.seed, rec.variant
+        if self.first_failure_at is None and elapsed is not None:
+            self.first_failure_at = elapsed
+        return st
+
+    def count(self, kind: str) -> int:
+        return sum(s.count for s in self.by_sig.values() if s.kind == kind)
+
+    def rows(self) -> list[SignatureStats]:
+        return sorted(self.by_sig.values(), key=lambda s: -s.count)
+
+    def table(self) -> str:
+        if not self.by_sig:
+            return f"no failures in {self.attempts} attempts"
+        lines = [f"{'count':>6} {'rate':>7}  signature", f"{'':>6} {'':>7}  first artifacts | reproducer"]
+        for s in self.rows():
+            rate = s.count / self.attempts if self.attempts else 0.0
+            lines.append(f"{s.count:>6} {rate:>7.2%}  {s.signature}")
+            lines.append(f"{'':>6} {'':>7}  {s.first_artifacts or '-'} | {s.reproducer or '-'}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"attempts": self.attempts, "first_failure_s": self.first_failure_at,
+                "signatures": [dict(asdict(s), rate=(s.count / self.attempts if self.attempts else 0.0))
+                               for s in self.rows()]}
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+class EvidenceBudget:
+    """Core + gdb cost ~0.5 s a crash: collect them for the first few crashes of
+    each (signal, assertion) class only, so hammering stays fast."""
+
+    def __init__(self, per_class: int = 3):
+        self.per_class = per_class
+        self.seen: dict[tuple, int] = {}
+
+    def __call__(self, rc: int, stderr: str) -> bool:
+        from harness.qemu.outcome import normalize_assertion, parse_assertion
+        a = parse_assertion(stderr)
+        key = (rc, normalize_assertion(a) if a else None)
+        n = self.seen.get(key, 0)
+        self.seen[key] = n + 1
+        return n < self.per_class

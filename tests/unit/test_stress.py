@@ -1,0 +1,79 @@
+import random
+
+from harness.report.reproducer import _match_for
+from harness.stress.command import slug
+from harness.stress.hammer import attempt_seed, draw_attempt, with_malloc_perturb
+from harness.stress.known_bugs import match
+from harness.stress.races import ShutdownRace
+from harness.stress.triage import AttemptRecord, EvidenceBudget, Triage
+from harness.qemu.spec import MachineSpec
+
+import pytest
+import re
+
+SEED_SIG = "crash SIGABRT: migrate_mode: Assertion 'mode >= 0 && mode < MIG_MODE__MAX' failed"
+
+
+def test_replaying_a_seed_draws_the_same_attempt():
+    race = ShutdownRace(randomize=True)
+    for s in (1, 2, 12345):
+        assert draw_attempt(race, s, True) == draw_attempt(race, s, True)
+    draws = {draw_attempt(race, s, True) for s in range(50)}
+    assert len(draws) > 10  # and different seeds really vary it
+
+
+def test_attempt_seeds_are_stable_and_distinct():
+    assert attempt_seed(7, 0, 3) == attempt_seed(7, 0, 3)
+    assert len({attempt_seed(7, w, i) for w in range(4) for i in range(100)}) == 400
+
+
+def test_malloc_perturb_replaces_not_duplicates():
+    spec = with_malloc_perturb(MachineSpec(binary="q"), 5)
+    spec = with_malloc_perturb(spec, 9)
+    assert spec.env == (("MALLOC_PERTURB_", "9"),)
+    assert with_malloc_perturb(spec, None) is spec
+
+
+def rec(sig, ok=False, kind="crash", art="a"):
+    return AttemptRecord("w0", 0, 1, {}, kind, sig, ok, 0.1, art)
+
+
+def test_triage_counts_rates_and_first_artifacts():
+    t = Triage()
+    t.add(rec("clean exit", ok=True, kind="clean"), 0.1)
+    t.add(rec(SEED_SIG, art="first"), 0.5)
+    t.add(rec(SEED_SIG, art="second"), 0.9)
+    t.add(rec("hang: x", kind="hang"), 1.0)
+    assert t.attempts == 4 and t.count("crash") == 2 and t.count("hang") == 1
+    assert t.first_failure_at == 0.5
+    j = t.to_json()
+    top = j["signatures"][0]
+    assert top["signature"] == SEED_SIG and top["count"] == 2 and top["rate"] == 0.5
+    assert top["first_artifacts"] == "first"
+    assert "50.00%" in t.table()
+
+
+def test_evidence_budget_per_class():
+    b = EvidenceBudget(per_class=2)
+    err = "q: migration/options.c:766: migrate_mode: Assertion `x' failed.\n"
+    assert [b(-6, err) for _ in range(3)] == [True, True, False]
+    assert b(-11, "") is True  # another class has its own budget
+
+
+def test_known_bug_matching():
+    assert match(SEED_SIG).summary.startswith("query-migrate dispatched")
+    assert match("crash SIGSEGV: in aio_co_wake <- json_message_process_token") is not None
+    assert match("crash SIGSEGV: in qmp_query_migrate_parameters <- qmp_marshal_x") is not None
+    assert match("crash SIGSEGV: in virtio_net_receive") is None
+
+
+def test_reproducer_match_tolerates_quote_style_and_line_numbers():
+    m = _match_for({"returncode": -6, "assertion":
+                    "qemu-system-x86_64: migration/options.c:766: migrate_mode: Assertion `mode >= 0' failed."})
+    assert m["returncode"] == -6
+    assert re.search(m["stderr"], "x: ../migration/options.c:901: migrate_mode: Assertion 'mode >= 0' failed.")
+    assert _match_for({"kind": "hang"}) == {"hang": True}
+
+
+def test_slug():
+    assert slug(SEED_SIG) == "crash-SIGABRT-migrate_mode-Assertion-mode-0"
