@@ -22,6 +22,7 @@ RUN_STAMP_KEY = "harness_run_stamp"
 _run_key = pytest.StashKey[TestRun]()
 _failed_key = pytest.StashKey[bool]()
 _session_runs_key = pytest.StashKey[list]()
+_runs_key = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser):
@@ -38,6 +39,14 @@ def pytest_addoption(parser):
     g.addoption("--artifacts", default="artifacts", help="root dir for per-test artifacts")
     g.addoption("--hammer-seed", type=int, default=None,
                 help="seed for every random choice (default: random, printed and recorded)")
+    g.addoption("--hammer", type=int, default=1, metavar="N",
+                help="run every selected test N times (copies spread over xdist workers)")
+    g.addoption("--hammer-time", type=float, default=None, metavar="SECONDS",
+                help="repeat the selected tests until SECONDS have passed")
+    g.addoption("--until-crash", action="store_true",
+                help="stop the session at the first QEMU crash or hang")
+    g.addoption("--no-malloc-perturb", action="store_true",
+                help="do not set a random MALLOC_PERTURB_ for each QEMU")
     g.addoption("--keep-artifacts", action="store_true",
                 help="keep artifacts of passing tests too (failures are always kept)")
 
@@ -58,6 +67,9 @@ def pytest_configure(config):
                                      else random.SystemRandom().getrandbits(32))
     config.stash[_session_runs_key] = []
     _validate_options(config)
+    config._harness_artifacts_root = Path(config.option.artifacts).resolve() / stamp
+    from harness.stress.pytest_hammer import HammerPlugin
+    config.pluginmanager.register(HammerPlugin(config), "harness_hammer")
 
 
 def _validate_options(config) -> None:
@@ -70,6 +82,10 @@ def _validate_options(config) -> None:
         for b in (o.qemu, o.qemu_src, o.qemu_dst):
             if b:  # only binaries the user named; the default is checked when first needed
                 probe(b)
+        if o.hammer < 1:
+            raise SpecError(f"--hammer {o.hammer} must be >= 1")
+        if o.hammer_time is not None and o.hammer_time <= 0:
+            raise SpecError(f"--hammer-time {o.hammer_time} must be > 0")
     except (SpecError, BinaryError) as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -122,10 +138,28 @@ def harness_run(request, harness_config) -> TestRun:
 
 
 @pytest.fixture
-def base_spec(harness_config, qemu_accel) -> MachineSpec:
+def malloc_perturb(request) -> int | None:
+    """A seeded random MALLOC_PERTURB_ for this test run (None with --no-malloc-perturb).
+
+    Like meson's test runner: glibc then fills freed memory with a pattern, so
+    use-after-free turns into crashes instead of silence."""
+    if request.config.option.no_malloc_perturb:
+        return None
+    # Seeded by session seed, test id and how often this item ran: replayable.
+    n = request.node.stash.get(_runs_key, 0)
+    request.node.stash[_runs_key] = n + 1
+    rng = random.Random(f"{request.config.option.hammer_seed}:{request.node.nodeid}:{n}")
+    value = rng.randint(1, 255)
+    request.node.user_properties.append(("malloc_perturb", value))
+    return value
+
+
+@pytest.fixture
+def base_spec(harness_config, qemu_accel, malloc_perturb) -> MachineSpec:
+    env = (("MALLOC_PERTURB_", str(malloc_perturb)),) if malloc_perturb else ()
     return MachineSpec(binary=probe(harness_config.qemu_src).path, accel=qemu_accel,
                        machine_type=harness_config.machine_type or "q35",
-                       guest=GuestSpec(kind=harness_config.guest))
+                       guest=GuestSpec(kind=harness_config.guest), env=env)
 
 
 @pytest.fixture
@@ -182,6 +216,9 @@ def pytest_runtest_makereport(item, call):
         from harness.stress.known_bugs import KnownBugReproduced
         if call.excinfo.errisinstance(KnownBugReproduced):
             report.wasxfail = str(call.excinfo.value)  # which bug, seen where
+    if report.when == "call" and call.excinfo is not None and call.excinfo.errisinstance(MachineFailure):
+        from harness.stress.pytest_hammer import record_outcome
+        record_outcome(item, report, call.excinfo.value.outcome)
     if run is not None and report.failed:
         report.sections.append(("harness artifacts", str(run.artifacts)))
         report.user_properties.append(("artifacts", str(run.artifacts)))
