@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--accel", action="store_true", help="also measure accel=auto (boots guests)")
     from harness.stress import command as hammer_cmd
     hammer_cmd.add_parser(sub)
+    from harness.stress import chaos_command
+    chaos_command.add_parser(sub)
     if argv[:1] == ["images"]:
         from harness.guest import images
         return _guard(lambda: images.main(argv[1:]))
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return _guard(lambda: _cmd_qemu(args))
     if args.cmd == "hammer":
         return _guard(lambda: hammer_cmd.main(args))
+    if args.cmd == "chaos":
+        return _guard(lambda: chaos_command.main(args))
     return 2
 
 

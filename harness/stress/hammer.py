@@ -21,11 +21,13 @@ from typing import Callable
 
 from harness.qemu.spec import MachineSpec
 from harness.run import TestRun
+from harness.stress.chaos import ChaosRecipe, chaos_attempt
 from harness.stress.races import ShutdownRace, shutdown_attempt
 from harness.stress.triage import AttemptRecord, EvidenceBudget, Triage
 
-# recipe type -> attempt function(run, base_spec, variant) -> Outcome
-ATTEMPTS: dict[type, Callable] = {ShutdownRace: shutdown_attempt}
+# recipe type -> attempt function(run, base_spec, variant) -> verdict with
+# .kind (an enum), .signature, .ok and .core (an Outcome, or a chaos Verdict)
+ATTEMPTS: dict[type, Callable] = {ShutdownRace: shutdown_attempt, ChaosRecipe: chaos_attempt}
 
 
 @dataclass(frozen=True)
