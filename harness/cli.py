@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     hammer_cmd.add_parser(sub)
     from harness.stress import chaos_command
     chaos_command.add_parser(sub)
+    from harness.report import command as report_cmd
+    report_cmd.add_parser(sub)
     if argv[:1] == ["images"]:
         from harness.guest import images
         return _guard(lambda: images.main(argv[1:]))
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return _guard(lambda: hammer_cmd.main(args))
     if args.cmd == "chaos":
         return _guard(lambda: chaos_command.main(args))
+    if args.cmd == "report":
+        return _guard(lambda: report_cmd.main(args))
     return 2
 
 

@@ -93,6 +93,7 @@ def _validate_options(config) -> None:
 def pytest_configure_node(node):  # xdist hook: workers share the controller's run stamp
     node.workerinput[RUN_STAMP_KEY] = node.config._harness_run_stamp
     node.workerinput["harness_seed"] = node.config.option.hammer_seed
+    node.workerinput["harness_workers"] = node.config.option.numprocesses or 1
 
 
 def pytest_report_header(config):
@@ -128,6 +129,9 @@ def harness_run(request, harness_config) -> TestRun:
     if art.exists():  # same test id twice (hammer/repeat): keep both
         art = art.with_name(f"{art.name}-{worker}-{time.monotonic_ns()}")
     run = TestRun(art)
+    # In JUnit (a property of the item, as junitxml reads them at teardown): where this
+    # run's evidence is. Replaced each round when a test is hammered.
+    _set_property(request.node, "artifacts", str(art))
     request.node.stash[_run_key] = run
     request.config.stash[_session_runs_key].append(run)
     yield run
@@ -135,6 +139,7 @@ def harness_run(request, harness_config) -> TestRun:
     failed = request.node.stash.get(_failed_key, True)
     if not failed and not harness_config.keep_artifacts:
         run.discard_artifacts()
+        _set_property(request.node, "artifacts", None)
 
 
 @pytest.fixture
@@ -150,16 +155,39 @@ def malloc_perturb(request) -> int | None:
     request.node.stash[_runs_key] = n + 1
     rng = random.Random(f"{request.config.option.hammer_seed}:{request.node.nodeid}:{n}")
     value = rng.randint(1, 255)
-    request.node.user_properties.append(("malloc_perturb", value))
+    _set_property(request.node, "malloc_perturb", value)
     return value
+
+
+def _set_property(node, name: str, value) -> None:
+    """One value per name: --hammer-time re-runs an item's fixtures every round, and
+    appending would hand every round the earlier rounds' values in JUnit. None removes."""
+    node.user_properties[:] = [(k, v) for k, v in node.user_properties if k != name]
+    if value is not None:
+        node.user_properties.append((name, value))
 
 
 @pytest.fixture
 def base_spec(harness_config, qemu_accel, malloc_perturb) -> MachineSpec:
     env = (("MALLOC_PERTURB_", str(malloc_perturb)),) if malloc_perturb else ()
     return MachineSpec(binary=probe(harness_config.qemu_src).path, accel=qemu_accel,
-                       machine_type=harness_config.machine_type or "q35",
+                       machine_type=_machine_type(harness_config),
                        guest=GuestSpec(kind=harness_config.guest), env=env)
+
+
+def _machine_type(cfg: HarnessConfig) -> str:
+    """--machine-type, else q35 for one binary, else the newest pc-q35-X.Y both binaries have."""
+    if cfg.machine_type:
+        return cfg.machine_type
+    src, dst = probe(cfg.qemu_src), probe(cfg.qemu_dst)
+    if src.path == dst.path:
+        return "q35"
+    from harness.qemu.binary import common_machine_type
+    mt = common_machine_type(src, dst)
+    if mt is None:
+        raise pytest.UsageError(f"no pc-q35-X.Y machine type shared by {src.path} ({src.version}) "
+                                f"and {dst.path} ({dst.version}): pass --machine-type")
+    return mt
 
 
 @pytest.fixture
@@ -212,6 +240,8 @@ def pytest_runtest_makereport(item, call):
         item.stash[_failed_key] = report.failed or getattr(report, "wasxfail", None) is not None
     elif report.failed:
         item.stash[_failed_key] = True
+    elif report.when == "setup" and report.skipped and not hasattr(report, "wasxfail"):
+        item.stash[_failed_key] = False  # skipped before running: nothing worth keeping
     if getattr(report, "wasxfail", None) is not None and call.excinfo is not None:
         from harness.stress.known_bugs import KnownBugReproduced
         if call.excinfo.errisinstance(KnownBugReproduced):
@@ -221,7 +251,6 @@ def pytest_runtest_makereport(item, call):
         record_outcome(item, report, call.excinfo.value.outcome)
     if run is not None and report.failed:
         report.sections.append(("harness artifacts", str(run.artifacts)))
-        report.user_properties.append(("artifacts", str(run.artifacts)))
     return report
 
 

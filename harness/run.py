@@ -40,6 +40,8 @@ def resolve_guest_files(spec: MachineSpec) -> GuestFiles:
 
 
 class TestRun:
+    __test__ = False  # not a pytest test class, despite the name
+
     def __init__(self, artifacts: Path, host: Host | None = None, want_evidence=None):
         self.artifacts = artifacts
         self.want_evidence = want_evidence  # see Machine.want_evidence

@@ -340,7 +340,8 @@ def bootblock_drive_args(path: Path, snapshot: bool = True, drive_id: str = "boo
     drive = f"if=none,id={drive_id},file={path},format=raw"
     if snapshot:
         drive += ",snapshot=on"
-    return ["-drive", drive, "-device", f"ide-hd,drive={drive_id},secs=1,cyls=1,heads=1"]
+    # bootindex=0: a second disk (COLO, tests) must not become the boot disk.
+    return ["-drive", drive, "-device", f"ide-hd,drive={drive_id},secs=1,cyls=1,heads=1,bootindex=0"]
 
 
 # --------------------------------------------------------------------------

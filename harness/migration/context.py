@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 
 from harness.config import HarnessConfig
 from harness.migration.pair import Pair, make_pair
 from harness.migration.scenario import Scenario
+from harness.migration.tls import Setup
+from harness.qemu.machine import Machine
 from harness.qemu.spec import GuestSpec, MachineSpec
 from harness.run import TestRun
+
+# Scenario options whose value is materialised per test (object with
+# .materialize(workdir) -> harness.migration.tls.Setup): credentials, ...
+SETUP_OPTIONS = ("tls",)
 
 
 @dataclass
@@ -26,10 +34,55 @@ class ScenarioContext:
             changes["guest"] = GuestSpec(kind=s.guest)
         if s.memory_mib is not None:
             changes["memory_mib"] = s.memory_mib
+        if s.options.get("accel_props"):
+            changes["accel_props"] = s.options["accel_props"]
         return cls(s, run, base.with_(**changes), src_binary, dst_binary)
 
     def pair(self, *, dst_paused: bool = True, src_extra: tuple[str, ...] = (),
              dst_extra: tuple[str, ...] = ()) -> Pair:
-        s = self.scenario
+        s, st = self.scenario, self.setup
         return make_pair(self.run, self.spec, dst_binary=self.dst_binary, dst_paused=dst_paused,
-                         src_extra=s.src_args + src_extra, dst_extra=s.dst_args + dst_extra)
+                         src_extra=s.src_args + st.src_args + src_extra,
+                         dst_extra=s.dst_args + st.dst_args + dst_extra)
+
+    # -- per-test setup declared in options (TLS credentials...) -------------
+    @property
+    def workdir(self) -> Path:
+        """A directory of this test's own (inside its artifacts: kept on failure)."""
+        d = self.run.artifacts / "setup"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @cached_property
+    def setup(self) -> Setup:
+        """Everything SETUP_OPTIONS materialise, made once per test."""
+        total = Setup()
+        for key in SETUP_OPTIONS:
+            obj = self.scenario.options.get(key)
+            if obj is not None:
+                total = total + obj.materialize(self.workdir)
+        return total
+
+    @property
+    def src_params(self) -> dict:
+        """Source migration parameters: the scenario's, plus what its setup needs."""
+        return {**self.setup.src_params, **self.scenario.params}
+
+    @property
+    def dst_params(self) -> dict:
+        return {**self.setup.dst_params, **self.scenario.dst_params}
+
+    # -- fresh machines (a new destination after a cancel, repeated attempts) --
+    def source(self, name: str = "source", *, extra: tuple[str, ...] = ()) -> Machine:
+        s, st = self.scenario, self.setup
+        spec = self.spec.with_(name=name, extra_args=self.spec.extra_args + s.src_args
+                               + st.src_args + extra)
+        return self.run.machine(spec)
+
+    def destination(self, name: str = "destination", *, paused: bool = True,
+                    extra: tuple[str, ...] = ()) -> Machine:
+        """Like the pair's destination (-incoming defer, -S unless paused=False)."""
+        s, st = self.scenario, self.setup
+        spec = self.spec.with_(name=name, binary=self.dst_binary, incoming="defer", paused=paused,
+                               extra_args=self.spec.extra_args + s.dst_args + st.dst_args + extra)
+        return self.run.machine(spec)

@@ -137,6 +137,83 @@ class MinVersion:
         return None
 
 
+@dataclass(frozen=True)
+class BelowVersion:
+    """For behaviour that changed upstream: e.g. a refusal lifted in `version`."""
+
+    version: tuple[int, int, int]
+    why: str = ""
+
+    def check(self, env: Env) -> str | None:
+        for v in {env.src_version, env.dst_version}:
+            if tuple(v) >= self.version:
+                return (f"applies to QEMU < {'.'.join(map(str, self.version))}, have "
+                        f"{'.'.join(map(str, v))}" + (f" ({self.why})" if self.why else ""))
+        return None
+
+
+@dataclass(frozen=True)
+class NoRdmaDevice:
+    """The 'no RDMA here' error path can only be shown where there is no RDMA device."""
+
+    def check(self, env: Env) -> str | None:
+        if RdmaDevice().check(env) is None:
+            return "this host has an RDMA device; the no-device error path cannot be shown"
+        return None
+
+
+@dataclass(frozen=True)
+class DirectIO:
+    """direct-io (O_DIRECT) on the filesystem that holds the run dirs (where file
+    migrations write). tmpfs before Linux 6.6 and some overlay setups refuse it."""
+
+    def check(self, env: Env) -> str | None:
+        import tempfile
+        root = os.environ.get("HARNESS_RUN_ROOT") or tempfile.gettempdir()
+        if not hasattr(os, "O_DIRECT"):
+            return "O_DIRECT does not exist on this platform"
+        try:
+            fd, path = tempfile.mkstemp(prefix="qmh-odirect-", dir=root)
+            os.close(fd)
+        except OSError as exc:
+            return f"cannot create a probe file in {root}: {exc.strerror}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+            os.close(fd)
+        except OSError as exc:
+            return f"the filesystem of {root} refuses O_DIRECT: {exc.strerror}"
+        finally:
+            os.unlink(path)
+        return None
+
+
+def _has_cap_ipc_lock() -> bool:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 14))  # CAP_IPC_LOCK
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+@dataclass(frozen=True)
+class LockedMemory:
+    """MSG_ZEROCOPY (zero-copy-send) pins the pages it sends: the kernel charges them
+    to RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK (root has)."""
+
+    min_bytes: int
+
+    def check(self, env: Env) -> str | None:
+        if _has_cap_ipc_lock():
+            return None
+        soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        if soft != resource.RLIM_INFINITY and soft < self.min_bytes:
+            return (f"RLIMIT_MEMLOCK is {soft} bytes and no CAP_IPC_LOCK; zero-copy needs "
+                    f"{self.min_bytes} (raise ulimit -l or run as root)")
+        return None
+
+
 def unmet(requires, env: Env) -> str | None:
     """The first unmet requirement's reason, or None."""
     for r in requires:

@@ -30,6 +30,7 @@ class Flow(enum.Enum):
     CPR_TRANSFER = "cpr-transfer"
     COLO = "colo"
     PING_PONG = "ping-pong"             # A -> B -> A -> B, binaries swapping sides
+    RDMA = "rdma"                       # rdma:HOST:PORT (its own flow: no socket-address)
 
 
 class Result(enum.Enum):
@@ -65,6 +66,10 @@ class KnownBug:
 
     def affects(self, version: tuple[int, int, int]) -> bool:
         return self.fixed_in is None or tuple(version) < self.fixed_in
+
+
+class KnownBugHit(AssertionError):
+    """A scenario failed exactly the way its KnownBug.signature says (strict xfail on this only)."""
 
 
 def _frozen(d: Mapping[str, Any] | None) -> Mapping[str, Any]:

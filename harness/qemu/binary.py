@@ -86,3 +86,15 @@ def _probe_uncached(path: str) -> dict:
             machines.append(am.group(1))
     return {"version": ".".join(map(str, vt)), "version_tuple": vt, "package": m.group(4) or "",
             "machines": sorted(set(machines)), "default_machine": default}
+
+
+def common_machine_type(a: QemuBinary, b: QemuBinary, prefix: str = "pc-q35-") -> str | None:
+    """The newest versioned machine type (e.g. pc-q35-7.2) both binaries have, or None.
+
+    Two different QEMUs must run the same machine type to migrate: each one's
+    'q35' alias points at its own newest (the destination refuses "Machine type
+    received is 'pc-q35-10.0' and local is 'pc-q35-7.2'").
+    """
+    common = set(a.machines) & set(b.machines)
+    return QemuBinary(path="", version="", version_tuple=(0, 0, 0), package="",
+                      machines=tuple(sorted(common)), default_machine="").newest_versioned(prefix)

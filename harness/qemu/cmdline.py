@@ -38,10 +38,12 @@ class GuestFiles:
 def build_argv(spec: MachineSpec, paths: RunPaths, guest: GuestFiles) -> list[str]:
     if spec.accel == "auto":
         raise SpecError("machine spec: accel 'auto' must be resolved (harness.qemu.accel) before launch")
-    argv = [spec.binary, "-name", spec.name, "-nodefaults", "-no-user-config",
+    # debug-threads: vCPU and migration threads get names ("CPU 0/TCG", "mig/src/main")
+    # in /proc and gdb, for per-thread CPU accounting and readable backtraces.
+    argv = [spec.binary, "-name", f"{spec.name},debug-threads=on", "-nodefaults", "-no-user-config",
             # Cores without guest RAM: small, and what a QEMU developer needs.
             "-machine", "dump-guest-core=off",
-            "-display", "none", "-accel", spec.accel, "-machine", spec.machine_type,
+            "-display", "none", "-accel", _accel(spec), "-machine", spec.machine_type,
             "-m", str(spec.memory_mib), "-smp", str(spec.smp)]
     # QEMU connects to sockets the harness already listens on: no race, no missed output.
     argv += ["-chardev", f"socket,id=qmp0,path={paths.qmp}",
@@ -74,3 +76,8 @@ def _guest_args(spec: MachineSpec, guest: GuestFiles) -> list[str]:
         return ["-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
                 "-append", guest.cmdline]
     raise SpecError(f"unknown guest kind {kind}")
+
+
+def _accel(spec: MachineSpec) -> str:
+    """-accel NAME[,props] (e.g. kvm,dirty-ring-size=4096 for dirty-limit)."""
+    return f"{spec.accel},{spec.accel_props}" if spec.accel_props else spec.accel

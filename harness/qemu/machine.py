@@ -46,6 +46,7 @@ QMP_CONNECT_TIMEOUT = 30.0
 QUIT_TIMEOUT = 10.0
 TERM_TIMEOUT = 10.0
 KILL_TIMEOUT = 10.0
+HUNG_TERM_TIMEOUT = 2.0
 
 
 class Machine:
@@ -64,6 +65,7 @@ class Machine:
         self.serial: SerialConsole | None = None
         self.argv: list[str] = []
         self.outcome: Outcome | None = None
+        self.exe = spec.binary   # the real executable (a wrapper script execs QEMU)
         self._expected_rcs: tuple[int, ...] = (0,)
         self._expected_stderr: str | None = None
         self._hang_reason: str | None = None
@@ -112,6 +114,7 @@ class Machine:
                 raise LaunchError(self._launch_failure("QMP monitor never connected"))
             self.qmp = Monitor(f"{self.name}", self.artifacts / "qmp.jsonl", self.qmp_timeout)
             self.qmp.attach(conn, timeout=QMP_CONNECT_TIMEOUT)
+            self.exe = _real_exe(self.proc.pid, self.spec.binary)
             for i, srv in enumerate(extra_srvs):
                 c = accept_until(srv, deadline, alive)
                 if c is None:
@@ -153,7 +156,7 @@ class Machine:
         except QMPDisconnected:
             raise MachineFailure(self._died(f"while executing {command}")) from None
         except QMPTimeout as exc:
-            raise MachineFailure(self.declare_hang(str(exc))) from None
+            raise MachineFailure(self.declare_hang(str(exc), qmp_dead=True)) from None
 
     def try_cmd(self, command: str, args: dict | None = None, timeout: float = 5.0) -> Any:
         """For state dumps: never raises, returns {'error': ...} instead."""
@@ -184,10 +187,14 @@ class Machine:
         except OSError:
             return ""
 
-    def dump_state(self, label: str = "state") -> dict:
-        """query-status, query-migrate, gdb thread backtraces of the live PID -> artifacts."""
+    def dump_state(self, label: str = "state", qmp: bool = True) -> dict:
+        """query-status, query-migrate, gdb thread backtraces of the live PID -> artifacts.
+
+        qmp=False when the monitor is already known not to answer (saves two timeouts)."""
         state: dict[str, Any] = {"machine": self.name, "label": label, "time": time.time()}
-        if self.qmp is not None and self.is_running():
+        if not qmp:
+            state["query-status"] = state["query-migrate"] = {"error": "monitor not answering"}
+        elif self.qmp is not None and self.is_running():
             state["query-status"] = self.try_cmd("query-status", timeout=3.0)
             state["query-migrate"] = self.try_cmd("query-migrate", timeout=3.0)
         state["alive"] = self.is_running()
@@ -199,11 +206,11 @@ class Machine:
             state["backtrace_file"] = str(self.artifacts / f"{label}-backtrace.txt")
         return state
 
-    def declare_hang(self, reason: str) -> Outcome:
+    def declare_hang(self, reason: str, qmp_dead: bool = False) -> Outcome:
         """A deadline passed: dump state first, then classify as a hang."""
         if self._hang_reason is None:
             self._hang_reason = reason
-            self.dump_state("hang")
+            self.dump_state("hang", qmp=not qmp_dead)
         self.outcome = classify(None, self.stderr_text(), hang=reason,
                                 backtrace=_read(self.artifacts / "hang-backtrace.txt"),
                                 artifact_dir=self.artifacts)
@@ -221,12 +228,12 @@ class Machine:
         core = bt = note = None
         collect = self.want_evidence is None or self.want_evidence(rc, self.stderr_text())
         if rc < 0 and -rc in CORE_SIGNALS and self.run_dir is not None and collect:
-            found = debug.search_core(self.run_dir, self.pid, self.spec.binary, run=self.host.run)
+            found = debug.search_core(self.run_dir, self.pid, self.exe, run=self.host.run)
             note = found.note
             if found.path is not None:
                 core = self.artifacts / "core"
                 _move_sparse(Path(found.path), core)
-                bt = debug.backtrace_from_core(self.spec.binary, core, timeout=120, run=self.host.run)
+                bt = debug.backtrace_from_core(self.exe, core, timeout=120, run=self.host.run)
                 (self.artifacts / "backtrace.txt").write_text(bt)
         self.outcome = classify(rc, self.stderr_text(), expected_returncodes=self._expected_rcs,
                                 expected_stderr_regex=self._expected_stderr, core=core,
@@ -263,7 +270,8 @@ class Machine:
             rc = self.proc.wait(QUIT_TIMEOUT)
         if rc is None:
             self.proc.send_signal(signal.SIGTERM)
-            rc = self.proc.wait(TERM_TIMEOUT)
+            # A machine already declared hung (state dumped) gets a short grace only.
+            rc = self.proc.wait(HUNG_TERM_TIMEOUT if hang_before else TERM_TIMEOUT)
             if rc is None and not hang_before and graceful:
                 # Neither quit nor SIGTERM ended it: that is a hang at shutdown.
                 self.declare_hang(f"{self.name}: did not exit within {QUIT_TIMEOUT + TERM_TIMEOUT:.0f}s "
@@ -295,6 +303,15 @@ class Machine:
         self.outcome = outcome
         (self.artifacts / "outcome.json").write_text(json.dumps(outcome.to_dict(), indent=2) + "\n")
         return outcome
+
+
+def _real_exe(pid: int, fallback: str) -> str:
+    """gdb needs the ELF QEMU runs as, not a wrapper script that exec'd it."""
+    import os
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return fallback  # remote host, or already gone
 
 
 def _move_sparse(src: Path, dst: Path) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from qemu.qmp import ExecuteError, QMPClient
+from qemu.qmp import ConnectError, ExecuteError, QMPClient
 from qemu.qmp.message import Message
 
 
@@ -162,7 +162,7 @@ class Monitor:
             run_async(self._client.connect(sock), timeout)
         except TimeoutError as exc:
             raise QMPTimeout(f"{self.name}: no QMP greeting within {timeout}s") from exc
-        except (EOFError, ConnectionError, OSError) as exc:
+        except (EOFError, ConnectionError, OSError, ConnectError) as exc:
             raise QMPDisconnected(f"{self.name}: QMP closed during greeting: {exc}") from exc
         greeting = self._client.greeting
         return greeting._raw if greeting else {}
@@ -222,7 +222,9 @@ class Monitor:
         """cmd that returns the exception text instead of raising (for state dumps)."""
         try:
             return self.cmd(command, args, timeout=timeout)
-        except (QMPCommandError, QMPTimeout, QMPDisconnected) as exc:
+        except QMPTimeout as exc:
+            return {"error": str(exc), "timeout": True}
+        except (QMPCommandError, QMPDisconnected) as exc:
             return {"error": str(exc)}
 
 

@@ -50,6 +50,7 @@ class MachineSpec:
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     extra_monitors: int = 0              # more QMP monitors (race recipes)
+    accel_props: str = ""                # appended to -accel, e.g. "dirty-ring-size=4096"
 
     def __post_init__(self):
         if not self.binary:

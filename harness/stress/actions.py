@@ -27,6 +27,7 @@ class Kind(enum.Enum):
     SAVEVM = "savevm"
     YANK = "yank"
     TERM = "sigterm"              # SIGTERM to this side: a management-style shutdown
+    SIGSTOP = "sigstop"           # freeze this side: never drawn, exercises the hang oracle
     KILL_PEER = "kill-peer"       # SIGKILL of the *other* side
     GARBAGE = "garbage"           # random bytes to the destination's listening port
     STRAY = "stray-connection"    # connect to the listening port and hold it open
@@ -80,7 +81,7 @@ PARAMS = {
 WEIGHTS = {
     Kind.QUERY: 8, Kind.SET_CAP: 3, Kind.SET_PARAM: 6, Kind.CANCEL: 1, Kind.PAUSE: 1,
     Kind.RECOVER: 1, Kind.CONTINUE: 1, Kind.STOP: 2, Kind.CONT: 2, Kind.QUIT: 1, Kind.SAVEVM: 1,
-    Kind.YANK: 1, Kind.TERM: 1, Kind.KILL_PEER: 1, Kind.GARBAGE: 1, Kind.STRAY: 1, Kind.LINK_CUT: 1,
+    Kind.YANK: 1, Kind.TERM: 1, Kind.SIGSTOP: 0, Kind.KILL_PEER: 1, Kind.GARBAGE: 1, Kind.STRAY: 1, Kind.LINK_CUT: 1,
 }
 
 
@@ -89,7 +90,7 @@ CLUSTER = 0.35  # races need near-simultaneous events: often reuse an earlier ti
 
 def generate(rng: random.Random, count: int, span_ms: int) -> list[Action]:
     """A seeded random schedule of `count` actions within [0, span_ms]."""
-    kinds = list(WEIGHTS)
+    kinds = [k for k in WEIGHTS if WEIGHTS[k] > 0]
     weights = [WEIGHTS[k] for k in kinds]
     out: list[Action] = []
     for _ in range(count):
@@ -141,6 +142,8 @@ def primitive(action: Action) -> tuple:
         return ("qmp", "yank", {"instances": [{"type": "migration"}]})
     if k is Kind.TERM:
         return ("signal", "SIGTERM")
+    if k is Kind.SIGSTOP:
+        return ("signal", "SIGSTOP")
     if k is Kind.KILL_PEER:
         return ("kill-peer",)
     if k is Kind.GARBAGE:

@@ -118,13 +118,14 @@ def apply(ctx: _Ctx, action: Action) -> str:
         return "skipped: side not running"
     try:
         if op == "qmp-burst":
-            m.qmp.flood(prim[1], prim[3])
+            for mon in (m.qmp, *m.extra_qmp):   # every monitor: more queued at once
+                mon.flood(prim[1], prim[3])
             return f"flooded {prim[3]}"
         if op in ("qmp", "qmp-oob"):
             cmd, args = prim[1], prim[2]
             if action.kind is Kind.QUIT:
                 ctx.killed.add(action.side.value)
-                m.expect_exit((0,))
+                _allow_exit(m, 0)
             m.qmp.cmd(cmd, args or None, timeout=QMP_ACTION_TIMEOUT,
                       oob=(op == "qmp-oob" and m.qmp.oob_enabled))
             if action.kind is Kind.SAVEVM:
@@ -137,14 +138,15 @@ def apply(ctx: _Ctx, action: Action) -> str:
         if op == "signal":
             if not m.is_running():
                 return "skipped: side not running"
-            ctx.killed.add(action.side.value)
-            m.expect_exit((0,))   # QEMU exits 0 on SIGTERM; anything else is news
+            if prim[1] == "SIGTERM":
+                ctx.killed.add(action.side.value)
+                _allow_exit(m, 0)   # QEMU exits 0 on SIGTERM; a crash is still news
             m.kill(getattr(signal, prim[1]))
             return f"sent {prim[1]}"
         if op == "kill-peer":
             peer = ctx.machine(ctx.other(action.side))
             ctx.killed.add(ctx.other(action.side).value)
-            peer.expect_exit((-signal.SIGKILL, 0, 1))
+            _allow_exit(peer, -signal.SIGKILL)
             peer.kill(signal.SIGKILL)
             return f"killed {peer.name}"
         if op in ("garbage", "stray"):
@@ -168,11 +170,22 @@ def apply(ctx: _Ctx, action: Action) -> str:
     return f"unknown primitive {op}"
 
 
+NO_REPLY = "no-reply"
+
+
+def _allow_exit(m: Machine, rc: int) -> None:
+    """Add rc to what m may exit with; keep earlier allowances (e.g. a destination whose
+    incoming migration failed exits 1, even if we also sent it SIGTERM)."""
+    m.expect_exit(tuple(sorted(set(m._expected_rcs) | {rc})))
+
+
 def _status(m: Machine) -> str | None:
-    """Migration status, or None if the machine is dead or does not answer."""
+    """Migration status; None if the machine is dead, NO_REPLY if it does not answer."""
     if not m.is_running():
         return None
     r = m.qmp.try_cmd("query-migrate", timeout=STATUS_TIMEOUT)
+    if r.get("timeout"):
+        return NO_REPLY
     return r.get("status", "none") if "error" not in r else None
 
 
@@ -185,7 +198,7 @@ def _settle(ctx: _Ctx, deadline: float) -> str | None:
     status = None
     while time.monotonic() < deadline:
         status = _status(src)
-        if status is None or status in TERMINAL:
+        if status is None or status == NO_REPLY or status in TERMINAL:
             return status
         if status == "pre-switchover":
             src.qmp.try_cmd("migrate-continue", {"state": "pre-switchover"})
@@ -231,15 +244,19 @@ def judge(ctx: _Ctx, settled: str | None, settle_deadline_hit: bool) -> Verdict 
     src, dst = ctx.pair.src, ctx.pair.dst
     for m, side in ((src, "src"), (dst, "dst")):
         if m.is_running() and side not in ctx.killed:
-            r = m.qmp.try_cmd("query-status", timeout=STATUS_TIMEOUT)
-            if "error" in r and "timeout" in r["error"]:
-                m.dump_state("hang")
+            if side == "src" and settled == NO_REPLY:
+                r = {"error": "query-migrate got no reply while settling", "timeout": True}
+            else:
+                r = m.qmp.try_cmd("query-status", timeout=STATUS_TIMEOUT)
+            if r.get("timeout"):
+                m.declare_hang(f"{m.name}: query-status got no reply within {STATUS_TIMEOUT:.0f}s",
+                               qmp_dead=True)
                 return Verdict(VerdictKind.HANG, f"hang: {side} does not answer query-status",
                                r["error"])
     if "src" in ctx.killed or "src" in ctx.savevm_done:
         return None  # the source is gone, or its migration status is the snapshot's
-    if settled is not None and settled not in TERMINAL:
-        src.dump_state("hang")
+    if settled is not None and settled != NO_REPLY and settled not in TERMINAL:
+        src.declare_hang(f"{src.name}: migration stuck in '{settled}'")
         return Verdict(VerdictKind.HANG, f"hang: migration stuck in '{settled}'",
                        f"source status '{settled}' {SETTLE_TIMEOUT:.0f}s after the plan")
     if settled == "completed":
@@ -278,7 +295,8 @@ def judge(ctx: _Ctx, settled: str | None, settle_deadline_hit: bool) -> Verdict 
 
 def chaos_attempt(run: TestRun, base: MachineSpec, plan: ChaosPlan) -> Verdict:
     """Run one plan; the verdict's signature is what the triage groups by."""
-    spec = base.with_(guest=GuestSpec(kind=GuestKind.BOOTBLOCK))
+    # Two monitors per side, like management plus a monitoring agent.
+    spec = base.with_(guest=GuestSpec(kind=GuestKind.BOOTBLOCK), extra_monitors=1)
     applied: list = []
     proxy = None
     ctx = None

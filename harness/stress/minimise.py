@@ -35,14 +35,16 @@ class MinimiseResult:
 
 
 class _Runner:
-    def __init__(self, base: MachineSpec, art: Path, signature: str, deadline: float):
+    def __init__(self, base: MachineSpec, art: Path, signature: str, deadline: float,
+                 attempt: Callable = chaos_attempt):
         self.base, self.art, self.signature, self.deadline = base, art, signature, deadline
+        self.attempt = attempt
         self.runs = 0
 
     def once(self, plan: ChaosPlan) -> bool:
         self.runs += 1
         run = TestRun(self.art / f"try-{self.runs:04d}")
-        verdict = chaos_attempt(run, self.base, plan)
+        verdict = self.attempt(run, self.base, plan)
         hit = verdict.signature == self.signature
         if not hit:
             run.discard_artifacts()
@@ -50,6 +52,15 @@ class _Runner:
 
     def rate(self, plan: ChaosPlan, n: int) -> float:
         return sum(self.once(plan) for _ in range(n)) / n
+
+    def adaptive_rate(self, plan: ChaosPlan, n: int, n_max: int) -> float:
+        """At least n runs; for a rare failure keep going (to n_max, within the
+        budget) until it has shown twice, so p is not estimated from one hit."""
+        hits = runs = 0
+        while runs < n or (hits < 2 and runs < n_max and time.monotonic() < self.deadline):
+            hits += self.once(plan)
+            runs += 1
+        return hits / runs
 
     def reproduces(self, plan: ChaosPlan, trials: int) -> bool:
         for _ in range(trials):
@@ -95,14 +106,15 @@ def ddmin(items: list, test: Callable[[list], bool]) -> list:
 
 
 def minimise(plan: ChaosPlan, signature: str, base: MachineSpec, art: Path,
-             budget_s: float = 300.0, rate_runs: int = 4) -> MinimiseResult:
+             budget_s: float = 300.0, rate_runs: int = 4, rate_runs_max: int = 30,
+             attempt: Callable = chaos_attempt) -> MinimiseResult:
     t0 = time.monotonic()
-    r = _Runner(base, art, signature, t0 + budget_s)
-    p0 = r.rate(plan, rate_runs)
+    r = _Runner(base, art, signature, t0 + budget_s, attempt)
+    p0 = r.adaptive_rate(plan, rate_runs, max(rate_runs, rate_runs_max))
     res = MinimiseResult(signature, plan, plan, p0, p0)
     if p0 == 0.0:
         res.reproducible = False
-        res.log.append(f"original plan did not reproduce in {rate_runs} runs")
+        res.log.append(f"original plan did not reproduce in {r.runs} runs")
         res.runs, res.seconds = r.runs, time.monotonic() - t0
         return res
     k = trials_for(p0)

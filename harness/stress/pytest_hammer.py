@@ -33,11 +33,16 @@ class HammerPlugin:
         self.stop_reason: str | None = None
 
     # --- multiply tests -------------------------------------------------
+    @pytest.hookimpl(trylast=True)  # after other parametrizations: ids end in -hN
     def pytest_generate_tests(self, metafunc):
         copies = self.count
         if self.seconds:
-            # time mode: one looping copy per xdist worker so all workers hammer
-            copies = max(copies, getattr(self.config.option, "numprocesses", None) or 1)
+            # time mode: one looping copy per xdist worker so all workers hammer;
+            # workers learn the count from the controller (numprocesses is unset there)
+            workers = (self.config.workerinput.get("harness_workers", 1)
+                       if hasattr(self.config, "workerinput")
+                       else getattr(self.config.option, "numprocesses", None) or 1)
+            copies = max(copies, workers if isinstance(workers, int) else 1)
         if copies > 1:
             metafunc.fixturenames.append("hammer_copy")
             metafunc.parametrize("hammer_copy", range(copies), ids=lambda i: f"h{i}")

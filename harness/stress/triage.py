@@ -98,4 +98,6 @@ class EvidenceBudget:
         key = (rc, normalize_assertion(a) if a else None)
         n = self.seen.get(key, 0)
         self.seen[key] = n + 1
-        return n < self.per_class
+        # Without an assertion line only the backtrace tells crashes apart.
+        limit = self.per_class if key[1] else self.per_class * 10
+        return n < limit

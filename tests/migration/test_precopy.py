@@ -1,4 +1,4 @@
-"""/migration/precopy/...: plain precopy over socket transports."""
+"""/migration/precopy/...: see harness/migration/families/precopy.py."""
 FAMILIES = ("precopy",)
 
 

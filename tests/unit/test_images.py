@@ -285,7 +285,7 @@ def test_cmdline_helper():
 def test_bootblock_drive_args_give_geometry():
     args = images.bootblock_drive_args(Path("/x/bootblock.bin"))
     assert args == ["-drive", "if=none,id=bootdisk,file=/x/bootblock.bin,format=raw,snapshot=on",
-                    "-device", "ide-hd,drive=bootdisk,secs=1,cyls=1,heads=1"]
+                    "-device", "ide-hd,drive=bootdisk,secs=1,cyls=1,heads=1,bootindex=0"]
     assert "snapshot" not in images.bootblock_drive_args(Path("b"), snapshot=False)[1]
 
 

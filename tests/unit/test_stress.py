@@ -58,6 +58,7 @@ def test_evidence_budget_per_class():
     err = "q: migration/options.c:766: migrate_mode: Assertion `x' failed.\n"
     assert [b(-6, err) for _ in range(3)] == [True, True, False]
     assert b(-11, "") is True  # another class has its own budget
+    assert sum(b(-11, "") for _ in range(40)) == 19  # no assertion: 10x the budget
 
 
 def test_known_bug_matching():

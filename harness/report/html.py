@@ -1,0 +1,269 @@
+"""Render result dirs into one static HTML page: no script, no external resource.
+
+Sections: summary per scenario family, failures, crash signatures (triage),
+time and downtime distributions per scenario, progress curves of chosen runs,
+a trend across result dirs, every test with its artifact link. Links to
+artifacts and reproducers are relative to the page, so a copied tree still
+works.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+from harness.migration.progress import cpu_percent
+from harness.report import svg
+from harness.report.results import STATUSES, ResultDir, RunMetrics, JUnitCase, reproducer_path
+
+COLORS = {"passed": "#2ca02c", "failed": "#d62728", "error": "#8c564b", "xfailed": "#ff7f0e",
+          "skipped": "#9e9e9e"}
+MiB = 1 << 20
+
+CSS = """
+body{font-family:sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;
+font-size:.9em;text-align:left;vertical-align:top}th{background:#f4f4f4}td.n{text-align:right}
+.passed{color:#2ca02c}.failed,.error{color:#d62728;font-weight:bold}.xfailed{color:#c36200}
+.skipped{color:#777}.muted{color:#777;font-size:.85em}.sig{font-family:monospace;font-size:.85em}
+.charts{display:flex;flex-wrap:wrap;gap:.5em}.warn{color:#a15c00}
+"""
+
+
+@dataclass
+class ReportOptions:
+    out: Path
+    title: str = "QEMU migration test report"
+    trend: list[ResultDir] = field(default_factory=list)
+    trend_metric: str = "migration.total_time_ms"
+    progress: list[str] = field(default_factory=list)   # substrings choosing runs to plot
+    progress_limit: int = 4
+
+
+def render(results: list[ResultDir], opt: ReportOptions) -> str:
+    cases = [c for r in results for c in r.cases]
+    metrics = [m for r in results for m in r.metrics]
+    base = opt.out.resolve().parent
+    parts = [f"<h1>{escape(opt.title)}</h1>",
+             f'<p class="muted">generated {time.strftime("%Y-%m-%d %H:%M:%S %Z")} from '
+             + ", ".join(_link(r.root, base, r.label) for r in results) + "</p>"]
+    warnings = [w for r in results + opt.trend for w in r.warnings]
+    if warnings:
+        parts.append("<ul>" + "".join(f'<li class="warn">{escape(w)}</li>' for w in warnings) + "</ul>")
+    parts += _summary(cases)
+    parts += _failures(cases, base)
+    parts += _triage(results, base)
+    parts += _distributions(metrics)
+    parts += _progress(metrics, opt)
+    if opt.trend:
+        parts += _trend(opt.trend, opt.trend_metric)
+    parts += _all_tests(cases, base)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{escape(opt.title)}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(parts) + "\n</body></html>\n")
+
+
+def write(results: list[ResultDir], opt: ReportOptions) -> Path:
+    opt.out.parent.mkdir(parents=True, exist_ok=True)
+    opt.out.write_text(render(results, opt))
+    return opt.out
+
+
+# ------------------------------------------------------------------ sections
+def _summary(cases: list[JUnitCase]) -> list[str]:
+    out = ["<h2>Summary</h2>"]
+    if not cases:
+        return out + ['<p class="muted">no JUnit test results</p>']
+    fams: dict[str, dict[str, int]] = {}
+    for c in cases:
+        fams.setdefault(c.family, dict.fromkeys(STATUSES, 0))[c.status] += 1
+    total = {s: sum(f[s] for f in fams.values()) for s in STATUSES}
+    head = "".join(f'<th class="{s}">{s}</th>' for s in STATUSES)
+    rows = "".join(f"<tr><td>{escape(name)}</td>" + "".join(
+        f'<td class="n {s if f[s] and s != "passed" else ""}">{f[s]}</td>' for s in STATUSES) + "</tr>"
+        for name, f in sorted(fams.items()))
+    rows += "<tr><th>all</th>" + "".join(f'<th class="n">{total[s]}</th>' for s in STATUSES) + "</tr>"
+    out.append(f"<table><tr><th>family</th>{head}</tr>{rows}</table>")
+    out.append(svg.stacked_bars(sorted(fams.items()), [(s, COLORS[s]) for s in STATUSES],
+                                title="test outcomes per scenario family"))
+    return out
+
+
+def _failures(cases: list[JUnitCase], base: Path) -> list[str]:
+    """Failed, errored and expected-failed runs; hammer copies with one message grouped."""
+    groups: dict[tuple[str, str, str], list[JUnitCase]] = {}
+    for c in cases:
+        if c.status in ("failed", "error", "xfailed"):
+            groups.setdefault((c.status, c.scenario, _first_line(c.message)), []).append(c)
+    if not groups:
+        return []
+    rows = ""
+    for (status, scenario, line), cs in groups.items():
+        links = " ".join(_link(c.artifacts, base, str(i + 1) if len(cs) > 1 else "artifacts")
+                         for i, c in enumerate(cs))
+        rows += (f'<tr><td class="{status}">{status}</td><td class="n">{len(cs)}</td>'
+                 f'<td>{escape(scenario)}</td><td class="sig">{escape(line)}</td><td>{links}</td></tr>')
+    return ["<h2>Failures and expected failures</h2>",
+            "<table><tr><th>status</th><th>runs</th><th>test</th><th>signature / message</th>"
+            f"<th>artifacts</th></tr>{rows}</table>"]
+
+
+def _triage(results: list[ResultDir], base: Path) -> list[str]:
+    tri = [t for r in results for t in r.triages]
+    if not tri:
+        return []
+    out = ["<h2>Crash signatures</h2>"]
+    for t in tri:
+        first = f"{t.first_failure_s:.1f}s" if isinstance(t.first_failure_s, (int, float)) else "-"
+        out.append(f"<p>{_link(t.path, base, str(t.path.parent.name) + '/triage.json')}: "
+                   f"{t.attempts} attempts, first failure after {first}</p>")
+        if not t.signatures:
+            out.append('<p class="muted">no failures</p>')
+            continue
+        rows = ""
+        for s in t.signatures:
+            rate = s.get("rate", s["count"] / t.attempts if t.attempts else 0.0)
+            art = s.get("first_artifacts")
+            rep = reproducer_path(s.get("reproducer"))
+            rows += (f'<tr><td class="n">{s["count"]}</td><td class="n">{rate:.1%}</td>'
+                     f'<td>{escape(s.get("kind", ""))}</td><td class="sig">{escape(s["signature"])}</td>'
+                     f"<td>{_link(Path(art) if art else None, base, 'first artifacts')}</td>"
+                     f"<td>{_link(rep, base, rep.name) if rep else escape(s.get('reproducer') or '-')}</td>"
+                     "</tr>")
+        out.append("<table><tr><th>count</th><th>rate</th><th>kind</th><th>signature</th>"
+                   f"<th>evidence</th><th>reproducer</th></tr>{rows}</table>")
+    return out
+
+
+def _distributions(metrics: list[RunMetrics]) -> list[str]:
+    out = ["<h2>Migration time and downtime per scenario</h2>"]
+    charts = []
+    for key, title in (("migration.total_time_ms", "total time"), ("migration.downtime_ms", "downtime")):
+        groups: dict[str, list[float]] = {}
+        for m in metrics:
+            v = m.get(key)
+            if v is not None:
+                groups.setdefault(m.label, []).append(float(v))
+        if groups:
+            charts.append(svg.strip_chart(sorted(groups.items()), title=f"{title} ({key})", unit="ms"))
+    if not charts:
+        return out + ['<p class="muted">no metrics.json with migration times</p>']
+    return out + charts
+
+
+def _choose_progress(metrics: list[RunMetrics], opt: ReportOptions) -> list[RunMetrics]:
+    runs = [m for m in metrics if m.progress_path is not None]
+    if opt.progress:
+        runs = [m for m in runs if any(s in m.label or s in str(m.dir) for s in opt.progress)]
+    else:  # failures first, then one run per scenario
+        seen: set[str] = set()
+        firsts = []
+        for m in sorted(runs, key=lambda m: (m.case is None or m.case.status == "passed", m.label)):
+            if m.label not in seen:
+                seen.add(m.label)
+                firsts.append(m)
+        runs = firsts
+    return runs[:opt.progress_limit]
+
+
+def _progress(metrics: list[RunMetrics], opt: ReportOptions) -> list[str]:
+    runs = _choose_progress(metrics, opt)
+    if not runs:
+        return []
+    out = ["<h2>Migration progress</h2>"]
+    for m in runs:
+        try:
+            samples = json.loads(m.progress_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(samples, list) or not samples:
+            continue
+        t0 = samples[0]["elapsed_s"]
+        t = lambda s: round(s["elapsed_s"] - t0, 3)  # noqa: E731
+        mbps = [(t(s), s["mbps"]) for s in samples if "mbps" in s]
+        rem = [(t(s), s["remaining"] / MiB) for s in samples if "remaining" in s]
+        sent = [(t(s), s["transferred"] / MiB) for s in samples if "transferred" in s]
+        dirty = [(t(s), s["dirty_pages_rate"]) for s in samples if "dirty_pages_rate" in s]
+        cpu = [(role or "process", [(round(x - t0, 3), y) for x, y in cpu_percent(samples, role)])
+               for role in (None, "vcpu", "migration", "multifd", "main")]
+        where = "" if m.label == m.dir.name else f"{m.dir.name}, "
+        out.append(f"<h3>{escape(m.label)} <span class='muted'>{escape(where)}"
+                   f"{len(samples)} samples, ended {escape(str(samples[-1].get('status')))}</span></h3>")
+        out.append('<div class="charts">'
+                   + svg.line_chart([("throughput", mbps)], title="throughput", x_label="s",
+                                    y_label="Mbit/s", width=380)
+                   + svg.line_chart([("remaining", rem), ("transferred", sent)], title="RAM",
+                                    x_label="s", y_label="MiB", width=380)
+                   + svg.line_chart([("dirty pages/s", dirty)], title="dirty page rate",
+                                    x_label="s", y_label="pages/s", width=380)
+                   + svg.line_chart([c for c in cpu if c[1] and any(y for _, y in c[1])],
+                                    title="QEMU CPU by thread", x_label="s", y_label="% of a core",
+                                    width=380)
+                   + "</div>")
+    return out
+
+
+def _trend(dirs: list[ResultDir], metric: str) -> list[str]:
+    names = [d.label for d in dirs]
+    per_scenario: dict[str, list[tuple[float, float]]] = {}
+    for i, d in enumerate(dirs):
+        vals: dict[str, list[float]] = {}
+        for m in d.metrics:
+            v = m.get(metric)
+            if v is not None:
+                vals.setdefault(m.label, []).append(float(v))
+        for label, vs in vals.items():
+            name = label.removeprefix("/migration/")
+            per_scenario.setdefault(name, []).append((i, statistics.median(vs)))
+    rates = []
+    for i, d in enumerate(dirs):
+        c = d.counts()
+        ran = sum(c.values()) - c["skipped"]
+        if ran:
+            rates.append((i, round(100.0 * (c["passed"] + c["xfailed"]) / ran, 1)))
+    series = sorted(per_scenario.items())[:len(svg.PALETTE)]
+    return ["<h2>Trend</h2>",
+            f'<p class="muted">{len(dirs)} result dirs, in the order given: '
+            + ", ".join(escape(n) for n in names) + "</p>",
+            '<div class="charts">',
+            svg.line_chart(series, title=f"median {metric} per scenario", x_label="run",
+                           y_label=metric.rsplit(".", 1)[-1], x_names=names, width=640),
+            svg.line_chart([("pass rate", rates)], title="passed (incl. expected failures) of run",
+                           x_label="run", y_label="%", x_names=names, width=480),
+            "</div>"]
+
+
+def _all_tests(cases: list[JUnitCase], base: Path) -> list[str]:
+    if not cases:
+        return []
+    rows = "".join(
+        f'<tr><td class="{c.status}">{c.status}</td><td>{escape(c.classname)}</td>'
+        f'<td>{escape(c.name)}</td><td class="n">{c.time_s:.2f}</td>'
+        f"<td>{_link(c.artifacts, base, 'artifacts')}</td></tr>"
+        for c in sorted(cases, key=lambda c: (c.family, c.name)))
+    return [f"<h2>All tests</h2><details><summary>{len(cases)} test results</summary>"
+            "<table><tr><th>status</th><th>module</th><th>test</th><th>seconds</th><th></th></tr>"
+            f"{rows}</table></details>"]
+
+
+# ------------------------------------------------------------------ helpers
+def _first_line(text: str) -> str:
+    line = (text or "").strip().splitlines()
+    return line[0][:400] if line else ""
+
+
+def _link(path: Path | None, base: Path, text: str) -> str:
+    """A relative link if the target exists, else the text alone."""
+    if path is None:
+        return ""
+    if not Path(path).exists():
+        return f'<span class="muted" title="{escape(str(path))}">{escape(text)} (gone)</span>'
+    rel = os.path.relpath(Path(path).resolve(), base)
+    href = quote(rel.replace(os.sep, "/")) + ("/" if Path(path).is_dir() else "")
+    return f'<a href="{href}" title="{escape(str(path))}">{escape(text)}</a>'

@@ -1,0 +1,6 @@
+"""/migration/tls/...: see harness/migration/families/tls.py."""
+FAMILIES = ("tls",)
+
+
+def test_scenario(scenario, run_catalog_scenario):
+    run_catalog_scenario()

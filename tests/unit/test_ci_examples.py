@@ -1,0 +1,108 @@
+"""The nightly CI examples are valid YAML, run the tiers and the report, keep artifacts,
+and run only commands (and long options) the README documents."""
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="pyyaml is in the project's test extra (pip install -e .[test])")
+
+ROOT = Path(__file__).resolve().parents[2]
+GITLAB = ROOT / "ci" / "examples" / "gitlab-ci.yml"
+GITHUB = ROOT / "ci" / "examples" / "github-nightly.yml"
+README = (ROOT / "README.md").read_text()
+
+
+def command_key(line: str) -> str:
+    """What identifies a command: the program, plus `-m MODULE` or a subcommand."""
+    argv = shlex.split(line)
+    prog = argv[0]
+    if prog.endswith("python") or prog.endswith("python3"):
+        if argv[1:2] == ["-m"]:
+            return f"python -m {argv[2]}"
+        return "python"
+    if prog.endswith("bin/harness") or prog == "harness":
+        return f"harness {argv[1]}"
+    if prog in ("apt-get", "git"):
+        return f"{prog} {argv[1]}"
+    return prog
+
+
+def documented() -> tuple[set[str], str]:
+    """Command keys from the README's indented code blocks and `inline` commands."""
+    lines = [l[4:] for l in README.splitlines() if l.startswith("    ") and l.strip()]
+    lines += re.findall(r"`((?:ci/|bench/|\.venv/bin/)[^`]+)`", README)
+    keys = set()
+    for l in lines:
+        try:
+            keys.add(command_key(l.split("#", 1)[0]))
+        except (ValueError, IndexError):
+            continue
+    return keys, README
+
+
+def commands(lines: list[str]) -> list[str]:
+    out = []
+    for block in lines:
+        for line in block.splitlines():
+            for part in re.split(r"&&|\|\||;", line):
+                if part.strip():
+                    out.append(part.strip())
+    return out
+
+
+def gitlab_commands(doc: dict) -> list[str]:
+    lines = []
+    for name, job in doc.items():
+        if isinstance(job, dict):
+            for key in ("before_script", "script", "after_script"):
+                lines += job.get(key, [])
+    return commands(lines)
+
+
+def github_commands(doc: dict) -> list[str]:
+    return commands([s["run"] for j in doc["jobs"].values() for s in j["steps"] if "run" in s])
+
+
+def test_gitlab_example_is_valid_and_complete():
+    doc = yaml.safe_load(GITLAB.read_text())
+    assert doc["stages"] == ["test", "report"]
+    assert doc["smoke"]["script"][-1] == "ci/smoke"
+    assert "-m full -n 2" in doc["full"]["script"][-1]
+    rep = doc["report"]
+    assert rep["when"] == "always" and rep["stage"] == "report"
+    assert {n["job"] for n in rep["needs"]} == {"smoke", "full"}
+    assert rep["script"][-1].startswith(".venv/bin/harness report ")
+    for job in ("smoke", "full", "report"):
+        assert doc[job]["artifacts"]["when"] == "always"
+    assert "farm" not in doc and "# farm:" in GITLAB.read_text() and "LATER" in GITLAB.read_text()
+
+
+def test_github_example_is_valid_and_complete():
+    doc = yaml.safe_load(GITHUB.read_text())
+    on = doc.get("on", doc.get(True))            # YAML 1.1 reads a bare `on` as true
+    assert "schedule" in on and "workflow_dispatch" in on
+    (job,) = doc["jobs"].values()
+    runs = [s.get("run", "") for s in job["steps"]]
+    assert "ci/setup" in runs and "ci/smoke" in runs
+    assert any("-m full -n 2" in r for r in runs)
+    assert any(r.startswith(".venv/bin/harness report ") for r in runs)
+    after_smoke = job["steps"][[s.get("id") for s in job["steps"]].index("smoke") + 1:]
+    assert all(s.get("if") == "${{ !cancelled() }}" for s in after_smoke)  # report after failures
+    assert any(s.get("uses", "").startswith("actions/upload-artifact") for s in job["steps"])
+    assert "farm" not in doc["jobs"] and "# farm:" in GITHUB.read_text()
+
+
+@pytest.mark.parametrize("path,extract", [(GITLAB, gitlab_commands), (GITHUB, github_commands)],
+                         ids=["gitlab", "github"])
+def test_every_command_is_documented_in_the_readme(path, extract):
+    keys, readme = documented()
+    cmds = extract(yaml.safe_load(path.read_text()))
+    assert len(cmds) >= 5
+    for c in cmds:
+        assert command_key(c) in keys, f"{path.name}: '{c}' is not a command the README documents"
+        for opt in re.findall(r"(?<!\S)(--[a-z][a-z-]*)", c):
+            assert opt in readme, f"{path.name}: option {opt} of '{c}' is not in the README"
+    for script in {c.split()[0] for c in cmds if c.startswith("ci/")}:
+        assert (ROOT / script).is_file(), script
