@@ -10,7 +10,7 @@ from harness.migration import tuning
 from harness.migration.metrics import MigrationMetrics, write_metrics
 from harness.migration.pair import Pair
 from harness.migration.progress import ProgressSampler
-from harness.migration.states import MigrationStateError, wait_runstate, wait_status
+from harness.migration.states import MigrationStateError, wait_runstate, wait_status  # noqa: F401 (re-exported for flows)
 from harness.migration.transports import Target, Transport, incoming
 from harness.qemu.spec import GuestKind
 

@@ -36,15 +36,16 @@ def wait_guest_ready(m: Machine) -> None:
 
 def make_pair(run: TestRun, base: MachineSpec, *, dst_binary: str | None = None,
               dst_paused: bool = True, src_extra: tuple[str, ...] = (),
-              dst_extra: tuple[str, ...] = ()) -> Pair:
-    """Launch source (running) and destination (-incoming defer).
+              dst_extra: tuple[str, ...] = (), dst_incoming: str = "defer") -> Pair:
+    """Launch source (running) and destination (-incoming defer by default).
 
     dst_paused: start the destination with -S so it never runs before the RAM
     compare; the proof then continues it explicitly.
+    dst_incoming: e.g. "tcp:127.0.0.1:0" for a destination listening from the start.
     """
     src_spec = base.with_(name="source", extra_args=base.extra_args + src_extra)
     dst_spec = base.with_(name="destination", binary=dst_binary or base.binary,
-                          incoming="defer", paused=dst_paused,
+                          incoming=dst_incoming, paused=dst_paused,
                           extra_args=base.extra_args + dst_extra)
     src = run.machine(src_spec)
     dst = run.machine(dst_spec)

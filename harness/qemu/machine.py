@@ -7,8 +7,6 @@ and the caller raises MachineFailure carrying the Outcome.
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import signal
 import time
 from pathlib import Path

@@ -82,7 +82,8 @@ class Verdict:
     signature: str
     detail: str = ""
     core: object = None
-    applied: list = field(default_factory=list)
+    applied: list = field(default_factory=list)   # (action, what happened)
+    notes: list = field(default_factory=list)     # observations worth counting
 
     @property
     def ok(self) -> bool:
@@ -332,22 +333,28 @@ def chaos_attempt(run: TestRun, base: MachineSpec, plan: ChaosPlan) -> Verdict:
         if proxy is not None:
             proxy.stop()
         run.abort()
-    crashes = [o for o in run.outcomes.values() if o.kind.name == "CRASH"]
-    if crashes:  # a crash outranks whatever else was seen
-        o = crashes[0]
-        verdict = Verdict(VerdictKind.CRASH, o.signature, o.detail, core=o.core)
-    if verdict is None:
-        unexpected = [o for o in run.outcomes.values() if not o.ok and o.kind.name != "KILLED"]
-        if unexpected and unexpected[0].kind.name == "HANG":
-            verdict = Verdict(VerdictKind.HANG, unexpected[0].signature)
-        elif unexpected:  # e.g. the source exited with an error the plan did not cause
-            o = unexpected[0]
-            verdict = Verdict(VerdictKind.LOST_VM, f"lost-vm: {o.signature}", o.detail)
-        else:
-            verdict = Verdict(VerdictKind.CLEAN, "clean")
+    verdict = final_verdict(run, verdict)
     verdict.applied = applied
     (run.artifacts / "plan.json").write_text(_json(plan.to_dict(), applied))
     return verdict
+
+
+def final_verdict(run: TestRun, verdict: Verdict | None) -> Verdict:
+    """After every machine exited: a crash outranks what the oracles saw; an exit
+    nobody declared (e.g. the source erroring out) is a lost VM."""
+    crashes = [o for o in run.outcomes.values() if o.kind.name == "CRASH"]
+    if crashes:
+        o = crashes[0]
+        return Verdict(VerdictKind.CRASH, o.signature, o.detail, core=o.core)
+    if verdict is not None:
+        return verdict
+    unexpected = [o for o in run.outcomes.values() if not o.ok and o.kind.name != "KILLED"]
+    if unexpected and unexpected[0].kind.name == "HANG":
+        return Verdict(VerdictKind.HANG, unexpected[0].signature)
+    if unexpected:
+        o = unexpected[0]
+        return Verdict(VerdictKind.LOST_VM, f"lost-vm: {o.signature}", o.detail)
+    return Verdict(VerdictKind.CLEAN, "clean")
 
 
 def _json(plan: dict, applied: list) -> str:

@@ -1,7 +1,6 @@
 """`harness hammer shutdown-race ...`: the race recipe from the command line."""
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -15,6 +14,7 @@ from harness.report.reproducer import export_shutdown_race, run_reproducer
 from harness.stress.hammer import (HammerConfig, cleanup_empty, hammer, print_progress,
                                    quiet_expected_noise, run_one)
 from harness.stress.races import MIGRATION_QUERIES, RaceState, ShutdownMethod, ShutdownRace
+from harness.stress.recipes import CancelRace, DestinationConfigRace
 
 
 def slug(signature: str) -> str:
@@ -26,7 +26,9 @@ def slug(signature: str) -> str:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("hammer", help="hammer a race recipe; triage crashes; export reproducers")
-    p.add_argument("recipe", choices=["shutdown-race"])
+    p.add_argument("recipe", choices=["shutdown-race", "cancel-race", "dest-config-race"])
+    p.add_argument("--flow", choices=["precopy", "multifd", "postcopy", "random"], default="random",
+                   help="cancel-race: which flow to cancel")
     p.add_argument("--qemu", default="qemu-system-x86_64")
     p.add_argument("--accel", default="auto")
     p.add_argument("--seconds", type=float, default=60.0)
@@ -49,16 +51,25 @@ def add_parser(sub) -> None:
                    help="run each exported reproducer this long and record its hit rate")
 
 
+def _recipe(args):
+    if args.recipe == "cancel-race":
+        flow = "precopy" if args.flow == "random" else args.flow
+        return CancelRace(flow=flow, randomize=args.flow == "random")
+    if args.recipe == "dest-config-race":
+        return DestinationConfigRace()
+    return ShutdownRace(method=ShutdownMethod(args.method), state=RaceState(args.state),
+                        monitors=args.monitors, flood=args.flood,
+                        commands=tuple(c.strip() for c in args.commands.split(",") if c.strip()),
+                        randomize=args.random)
+
+
 def main(args) -> int:
     quiet_expected_noise()
     if args.parallel < 1 or args.parallel > 64:
         raise SpecError(f"--parallel {args.parallel} must be 1..64")
     if args.seconds <= 0:
         raise SpecError(f"--seconds {args.seconds} must be > 0")
-    recipe = ShutdownRace(method=ShutdownMethod(args.method), state=RaceState(args.state),
-                          monitors=args.monitors, flood=args.flood,
-                          commands=tuple(c.strip() for c in args.commands.split(",") if c.strip()),
-                          randomize=args.random)
+    recipe = _recipe(args)
     binary = probe(args.qemu).path
     base = MachineSpec(binary=binary, accel=accel_mod.resolve(binary, args.accel))
     root = Path(args.artifacts).resolve() / time.strftime("%Y%m%d-%H%M%S")
@@ -69,14 +80,14 @@ def main(args) -> int:
                           "signature": rec.signature, "artifacts": rec.artifacts}, indent=2))
         return 0 if rec.ok else 1
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
-    print(f"hammer {recipe.path} seed {seed} parallel {args.parallel} artifacts {root}",
+    print(f"hammer {getattr(recipe, 'path', args.recipe)} seed {seed} parallel {args.parallel} artifacts {root}",
           file=sys.stderr, flush=True)
     cfg = HammerConfig(base=base, artifacts=root, seconds=args.seconds, attempts=args.attempts,
                        parallel=args.parallel, until_crash=args.until_crash, seed=seed,
                        malloc_perturb=not args.no_malloc_perturb)
     triage = hammer(recipe, cfg, print_progress)
     for st in triage.rows():
-        if st.first_artifacts and st.kind in ("crash", "hang"):
+        if isinstance(recipe, ShutdownRace) and st.first_artifacts and st.kind in ("crash", "hang"):
             try:
                 script = export_shutdown_race(Path(st.first_artifacts), st.first_variant,
                                               root / "reproducers" / f"{slug(st.signature)}.py")
@@ -87,6 +98,9 @@ def main(args) -> int:
             except (OSError, ValueError) as exc:
                 st.reproducer = f"not exported: {exc}"
     triage.write(root / "triage.json")
+    if triage.observations:
+        print("what QEMU did (count, observation):")
+        print(triage.observation_table())
     print(triage.table())
     el = triage.elapsed
     crashes = triage.count("crash")

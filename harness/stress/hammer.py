@@ -23,11 +23,14 @@ from harness.qemu.spec import MachineSpec
 from harness.run import TestRun
 from harness.stress.chaos import ChaosRecipe, chaos_attempt
 from harness.stress.races import ShutdownRace, shutdown_attempt
+from harness.stress.recipes import (CancelRace, DestinationConfigRace, cancel_attempt,
+                                    dest_config_attempt)
 from harness.stress.triage import AttemptRecord, EvidenceBudget, Triage
 
 # recipe type -> attempt function(run, base_spec, variant) -> verdict with
 # .kind (an enum), .signature, .ok and .core (an Outcome, or a chaos Verdict)
-ATTEMPTS: dict[type, Callable] = {ShutdownRace: shutdown_attempt, ChaosRecipe: chaos_attempt}
+ATTEMPTS: dict[type, Callable] = {ShutdownRace: shutdown_attempt, ChaosRecipe: chaos_attempt,
+                                  CancelRace: cancel_attempt, DestinationConfigRace: dest_config_attempt}
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,8 @@ def run_one(recipe, base: MachineSpec, art: Path, seed: int, malloc_perturb: boo
     rec = AttemptRecord(worker=worker, index=index, seed=seed, variant=variant.to_dict(),
                         kind=outcome.kind.name.lower(), signature=outcome.signature, ok=outcome.ok,
                         seconds=round(time.monotonic() - t0, 3), artifacts=str(art),
-                        malloc_perturb=perturb, evidence=outcome.core is not None)
+                        malloc_perturb=perturb, evidence=outcome.core is not None,
+                        notes=list(getattr(outcome, "notes", [])))
     if outcome.ok and not keep_passing:
         run.discard_artifacts()
         rec.artifacts = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import random
 import signal
-import time
 from dataclasses import dataclass, replace
 
 from harness.migration import tuning

@@ -25,6 +25,7 @@ class AttemptRecord:
     artifacts: str | None = None
     malloc_perturb: int | None = None
     evidence: bool = False     # core + backtrace collected for this one
+    notes: list = field(default_factory=list)  # what QEMU did (recipes that observe)
 
 
 @dataclass
@@ -43,9 +44,12 @@ class Triage:
         self.attempts = 0
         self.by_sig: dict[str, SignatureStats] = {}
         self.first_failure_at: float | None = None
+        self.observations: dict[str, int] = {}
 
     def add(self, rec: AttemptRecord, elapsed: float | None = None) -> SignatureStats | None:
         self.attempts += 1
+        for n in rec.notes:
+            self.observations[n] = self.observations.get(n, 0) + 1
         if rec.ok:
             return None
         st = self.by_sig.get(rec.signature)
@@ -74,8 +78,13 @@ class Triage:
             lines.append(f"{'':>6} {'':>7}  {s.first_artifacts or '-'} | {s.reproducer or '-'}")
         return "\n".join(lines)
 
+    def observation_table(self, top: int = 30) -> str:
+        rows = sorted(self.observations.items(), key=lambda kv: -kv[1])[:top]
+        return "\n".join(f"{n:>6}  {text}" for text, n in rows)
+
     def to_json(self) -> dict:
         return {"attempts": self.attempts, "first_failure_s": self.first_failure_at,
+                "observations": dict(sorted(self.observations.items(), key=lambda kv: -kv[1])),
                 "signatures": [dict(asdict(s), rate=(s.count / self.attempts if self.attempts else 0.0))
                                for s in self.rows()]}
 

@@ -1,8 +1,5 @@
 """The chaos engine against real QEMU: oracles see a real crash, the minimiser
 strips a padded plan down to the cause, the exported script reproduces it."""
-import json
-import subprocess
-import sys
 
 import pytest
 

@@ -2,7 +2,7 @@ import pytest
 
 from harness.migration import catalog
 from harness.migration.runner import flow_drivers
-from harness.migration.scenario import Expect, Flow, KnownBug, Result, Scenario
+from harness.migration.scenario import Expect, KnownBug, Result, Scenario
 from harness.qemu.spec import SpecError
 
 

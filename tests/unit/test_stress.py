@@ -1,4 +1,3 @@
-import random
 
 from harness.report.reproducer import _match_for
 from harness.stress.command import slug
@@ -8,7 +7,6 @@ from harness.stress.races import ShutdownRace
 from harness.stress.triage import AttemptRecord, EvidenceBudget, Triage
 from harness.qemu.spec import MachineSpec
 
-import pytest
 import re
 
 SEED_SIG = "crash SIGABRT: migrate_mode: Assertion 'mode >= 0 && mode < MIG_MODE__MAX' failed"

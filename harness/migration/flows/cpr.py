@@ -38,6 +38,7 @@ from harness.migration import tuning
 from harness.migration.context import ScenarioContext
 from harness.migration.metrics import MigrationMetrics, write_metrics
 from harness.migration.pair import wait_guest_ready
+from harness.migration.expectations import check_refusal
 from harness.migration.runner import register
 from harness.migration.scenario import Flow, Result, Scenario
 from harness.migration.states import wait_runstate, wait_status
@@ -49,7 +50,6 @@ CPR_LISTEN_TIMEOUT = 30.0
 
 
 def _check_refusal(exc: QMPCommandError, s: Scenario) -> dict:
-    from harness.migration.flows.postcopy import check_refusal
     if s.expect.result is not Result.REFUSED:
         raise exc
     check_refusal(exc, s)

@@ -42,6 +42,7 @@ from harness.migration import drivers
 from harness.migration.context import ScenarioContext
 from harness.migration.metrics import MigrationMetrics, write_metrics
 from harness.migration.pair import Pair
+from harness.migration.expectations import check_refusal, record_refusal
 from harness.migration.runner import register
 from harness.migration.scenario import Flow, Result, Scenario
 from harness.migration.states import MigrationStateError, wait_runstate, wait_status
@@ -160,20 +161,9 @@ def finish(ctx: ScenarioContext, pair: Pair, extra: dict) -> dict:
     return {"metrics": metrics.to_dict(), "integrity": proof}
 
 
-def check_refusal(exc: QMPCommandError, s: Scenario) -> None:
-    import re
-    e = s.expect
-    if e.error_class and exc.error_class != e.error_class:
-        raise AssertionError(f"{s.path}: refused with {exc.error_class}, expected "
-                             f"{e.error_class}: {exc.desc}")
-    if e.error_match and not re.search(e.error_match, exc.desc):
-        raise AssertionError(f"{s.path}: refusal text {exc.desc!r} does not match {e.error_match!r}")
-
-
 # --------------------------------------------------------------------------- Flow.POSTCOPY
 @register(Flow.POSTCOPY)
 def run_postcopy(ctx: ScenarioContext) -> dict:
-    s = ctx.scenario
     pair = ctx.pair(dst_paused=False)
     with peer_exit_noted(pair.dst, pair.src):
         return _run_postcopy(ctx, pair)
@@ -186,9 +176,7 @@ def _run_postcopy(ctx: ScenarioContext, pair: Pair) -> dict:
         start_precopy(ctx, pair)
     except QMPCommandError as exc:
         if s.expect.result is Result.REFUSED and not attempt:
-            check_refusal(exc, s)
-            write_metrics(ctx.run.artifacts / "metrics.json", {"refused": str(exc)})
-            return {"refused": str(exc)}
+            return record_refusal(ctx, exc)
         raise
     if s.expect.result is Result.REFUSED and not attempt:
         raise AssertionError(f"{s.path}: expected a refusal ({s.expect.error_match}), "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from harness.migration import drivers, tuning
 from harness.migration.context import ScenarioContext
-from harness.migration.flows.postcopy import check_refusal
+from harness.migration.expectations import check_refusal
 from harness.migration.metrics import MigrationMetrics, write_metrics
 from harness.migration.runner import register
 from harness.migration.scenario import Flow, Result

@@ -21,7 +21,7 @@ import time
 from harness.guest import integrity
 from harness.migration import drivers, tuning
 from harness.migration.context import ScenarioContext
-from harness.migration.flows.precopy import check_refusal
+from harness.migration.expectations import record_refusal
 from harness.migration.metrics import MigrationMetrics, write_metrics
 from harness.migration.runner import register
 from harness.migration.scenario import Flow, Result
@@ -47,9 +47,7 @@ def run(ctx: ScenarioContext) -> dict:
         tuning.set_parameters(src, ctx.src_params)
     except QMPCommandError as exc:
         if s.expect.result is Result.REFUSED:
-            check_refusal(exc, s.expect.error_class, s.expect.error_match)
-            write_metrics(ctx.run.artifacts / "metrics.json", {"refused": str(exc)})
-            return {"refused": str(exc)}
+            return record_refusal(ctx, exc)
         raise
     if s.expect.result is not Result.COMPLETED:
         raise AssertionError(f"{s.path}: expected {s.expect.result.value}, but QEMU accepted it")
