@@ -43,7 +43,7 @@ def harness_cycle(binary: str, mem: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--qemu", default="qemu-system-x86_64")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=9)  # precopy time varies: median of many
     ap.add_argument("--memory", type=int, default=128, help="guest RAM in MiB")
     args = ap.parse_args()
     if args.rounds < 1:

@@ -197,7 +197,13 @@ def _settle(ctx: _Ctx, deadline: float) -> str | None:
         src.qmp.try_cmd("migrate-set-parameters", {"max-bandwidth": tuning.CONVERGE_BANDWIDTH,
                                                    "downtime-limit": tuning.CONVERGE_DOWNTIME_MS})
     status = None
+    peer_gone_cut = False
     while time.monotonic() < deadline:
+        if ctx.proxy is not None and not peer_gone_cut and not ctx.pair.dst.is_running():
+            # A dead peer's kernel resets the connection; the userspace proxy keeps
+            # accepting the source's bytes unless told to do the same.
+            ctx.proxy.cut(refuse_new=True)
+            peer_gone_cut = True
         status = _status(src)
         if status is None or status == NO_REPLY or status in TERMINAL:
             return status

@@ -19,7 +19,7 @@ from harness.stress.chaos import ChaosPlan, ChaosRecipe, chaos_attempt
 from harness.stress.command import slug
 from harness.stress.hammer import (HammerConfig, cleanup_empty, draw_attempt, hammer, print_progress,
                                    quiet_expected_noise, with_malloc_perturb)
-from harness.stress.minimise import minimise
+from harness.stress.minimise import minimise, trials_for
 
 
 def add_parser(sub) -> None:
@@ -96,7 +96,9 @@ def _follow_up(st, base: MachineSpec, root: Path, args) -> dict:
     info.update(actions_after=len(res.minimal.actions), original_rate=res.original_rate,
                 final_rate=res.final_rate, minimise_runs=res.runs, minimise_log=res.log,
                 minimal_plan=res.minimal.to_dict())
-    attempts = args.verify_attempts
+    # Enough standalone attempts to see a failure of the measured rate (95%), capped.
+    attempts = max(args.verify_attempts, min(100, trials_for(res.final_rate or res.original_rate, 0.05, cap=100)
+                                             if (res.final_rate or res.original_rate) else 0))
     if not res.reproducible:
         # Too rare to minimise within the budget: export the plan as found and give
         # the standalone script many more attempts to show it.

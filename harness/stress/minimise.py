@@ -71,12 +71,13 @@ class _Runner:
         return False
 
 
-def trials_for(rate: float, miss: float = 0.1) -> int:
+def trials_for(rate: float, miss: float = 0.1, cap: int = MAX_TRIALS) -> int:
+    """Runs needed to see a failure of probability `rate` with chance >= 1 - miss."""
     if rate >= 1.0:
         return 1
     if rate <= 0.0:
-        return MAX_TRIALS
-    return max(1, min(MAX_TRIALS, math.ceil(math.log(miss) / math.log(1.0 - rate))))
+        return cap
+    return max(1, min(cap, math.ceil(math.log(miss) / math.log(1.0 - rate))))
 
 
 def ddmin(items: list, test: Callable[[list], bool]) -> list:
