@@ -27,6 +27,32 @@ from harness.stress.chaos import (SETTLE_TIMEOUT, Verdict, VerdictKind, _Ctx, _s
 CANCEL_FLOWS = ("precopy", "multifd", "postcopy")
 
 
+def _judged(run: TestRun, body) -> Verdict:
+    """Run body(notes) -> oracle verdict; a hang while driving it is a verdict too;
+    then every machine is ended and a crash outranks all."""
+    notes: list = []
+    verdict = None
+    try:
+        verdict = body(notes)
+    except MachineFailure as exc:
+        if exc.outcome.kind.name == "HANG":
+            verdict = Verdict(VerdictKind.HANG, exc.outcome.signature, exc.outcome.detail)
+    finally:
+        run.abort()
+    v = final_verdict(run, verdict)
+    v.notes = notes
+    return v
+
+
+def _settle_and_judge(pair, port: int, notes: list) -> Verdict | None:
+    ctx = _Ctx(pair, None, port)
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    settled = _settle(ctx, deadline)
+    desc = pair.src.qmp.try_cmd("query-migrate").get("error-desc", "") if settled else ""
+    notes.append(f"migration {settled}" + (f": {desc}" if desc else ""))
+    return judge(ctx, settled, time.monotonic() >= deadline)
+
+
 @dataclass(frozen=True)
 class CancelRace:
     flow: str = "precopy"
@@ -57,50 +83,39 @@ def _guest_spec(base: MachineSpec) -> MachineSpec:
 
 
 def cancel_attempt(run: TestRun, base: MachineSpec, race: CancelRace) -> Verdict:
-    notes: list = []
-    verdict = None
+    return _judged(run, lambda notes: _cancel(run, base, race, notes))
+
+
+def _cancel(run: TestRun, base: MachineSpec, race: CancelRace, notes: list) -> Verdict | None:
+    pair = make_pair(run, _guest_spec(base), dst_paused=False)
+    pair.dst.expect_exit((0, 1))
+    pair.wait_guest_ready()
+    caps = {"events": True}
+    if race.flow == "multifd":
+        caps["multifd"] = True
+    if race.flow == "postcopy":
+        caps["postcopy-ram"] = True
+    for m in (pair.src, pair.dst):
+        tuning.set_capabilities(m, caps)
+    pair.dst.cmd("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    port = pair.dst.cmd("query-migrate")["socket-address"][0]["port"]
+    if race.flow == "postcopy":
+        tuning.ensure_non_converge(pair.src)  # postcopy must be started explicitly
+    else:
+        tuning.ensure_converge(pair.src)      # so cancel can land in any phase
+    pair.src.cmd("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+    t0 = time.monotonic()
+    if race.flow == "postcopy":
+        time.sleep(race.delay_ms / 2000)
+        pair.src.qmp.try_cmd("migrate-start-postcopy")
+    time.sleep(max(0.0, t0 + race.delay_ms / 1000 - time.monotonic()))
+    status = pair.src.qmp.try_cmd("query-migrate").get("status", "?")
     try:
-        pair = make_pair(run, _guest_spec(base), dst_paused=False)
-        pair.dst.expect_exit((0, 1))
-        pair.wait_guest_ready()
-        caps = {"events": True}
-        if race.flow == "multifd":
-            caps["multifd"] = True
-        if race.flow == "postcopy":
-            caps["postcopy-ram"] = True
-        for m in (pair.src, pair.dst):
-            tuning.set_capabilities(m, caps)
-        pair.dst.cmd("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
-        port = pair.dst.cmd("query-migrate")["socket-address"][0]["port"]
-        if race.flow == "postcopy":
-            tuning.ensure_non_converge(pair.src)  # postcopy must be started explicitly
-        else:
-            tuning.ensure_converge(pair.src)      # so cancel can land in any phase
-        pair.src.cmd("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
-        t0 = time.monotonic()
-        if race.flow == "postcopy":
-            time.sleep(race.delay_ms / 2000)
-            pair.src.qmp.try_cmd("migrate-start-postcopy")
-        time.sleep(max(0.0, t0 + race.delay_ms / 1000 - time.monotonic()))
-        status = pair.src.qmp.try_cmd("query-migrate").get("status", "?")
-        try:
-            pair.src.cmd("migrate_cancel", timeout=10)
-            notes.append(f"cancel in {status}: accepted")
-        except QMPCommandError as exc:
-            notes.append(f"cancel in {status}: {exc.error_class}: {exc.desc}")
-        ctx = _Ctx(pair, None, int(port))
-        deadline = time.monotonic() + SETTLE_TIMEOUT
-        settled = _settle(ctx, deadline)
-        notes.append(f"source ended {settled}")
-        verdict = judge(ctx, settled, time.monotonic() >= deadline)
-    except MachineFailure as exc:
-        if exc.outcome.kind.name == "HANG":
-            verdict = Verdict(VerdictKind.HANG, exc.outcome.signature, exc.outcome.detail)
-    finally:
-        run.abort()
-    v = final_verdict(run, verdict)
-    v.notes = notes
-    return v
+        pair.src.cmd("migrate_cancel", timeout=10)
+        notes.append(f"cancel in {status}: accepted")
+    except QMPCommandError as exc:
+        notes.append(f"cancel in {status}: {exc.error_class}: {exc.desc}")
+    return _settle_and_judge(pair, int(port), notes)
 
 
 # The destination's knobs the seed thread changed; each with a value to set.
@@ -142,36 +157,25 @@ def _apply_change(m, change) -> str:
 
 
 def dest_config_attempt(run: TestRun, base: MachineSpec, race: DestinationConfigRace) -> Verdict:
-    notes: list = []
-    verdict = None
+    return _judged(run, lambda notes: _dest_config(run, base, race, notes))
+
+
+def _dest_config(run: TestRun, base: MachineSpec, race: DestinationConfigRace,
+                 notes: list) -> Verdict | None:
     what = f"dst {race.change[0]} {race.change[1]}={race.change[2]}"
     phase = "before connect" if race.offset_ms < 0 else "while connecting"
-    try:
-        # -incoming tcp:... (not defer): QEMU listens from the start, as in the report.
-        pair = make_pair(run, _guest_spec(base), dst_paused=False, dst_incoming="tcp:127.0.0.1:0")
-        pair.dst.expect_exit((0, 1))
-        pair.wait_guest_ready()
-        port = pair.dst.cmd("query-migrate")["socket-address"][0]["port"]
-        tuning.ensure_converge(pair.src)
-        if race.offset_ms < 0:
-            notes.append(f"{what} {phase}: {_apply_change(pair.dst, race.change)}")
-            time.sleep(-race.offset_ms / 1000)
-        pair.src.cmd("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
-        if race.offset_ms >= 0:
-            time.sleep(race.offset_ms / 1000)
-            st = pair.dst.qmp.try_cmd("query-migrate").get("status", "?")
-            notes.append(f"{what} with destination '{st}': {_apply_change(pair.dst, race.change)}")
-        ctx = _Ctx(pair, None, int(port))
-        deadline = time.monotonic() + SETTLE_TIMEOUT
-        settled = _settle(ctx, deadline)
-        desc = pair.src.qmp.try_cmd("query-migrate").get("error-desc", "")
-        notes.append(f"migration {settled}" + (f": {desc}" if desc else ""))
-        verdict = judge(ctx, settled, time.monotonic() >= deadline)
-    except MachineFailure as exc:
-        if exc.outcome.kind.name == "HANG":
-            verdict = Verdict(VerdictKind.HANG, exc.outcome.signature, exc.outcome.detail)
-    finally:
-        run.abort()
-    v = final_verdict(run, verdict)
-    v.notes = notes
-    return v
+    # -incoming tcp:... (not defer): QEMU listens from the start, as in the report.
+    pair = make_pair(run, _guest_spec(base), dst_paused=False, dst_incoming="tcp:127.0.0.1:0")
+    pair.dst.expect_exit((0, 1))
+    pair.wait_guest_ready()
+    port = pair.dst.cmd("query-migrate")["socket-address"][0]["port"]
+    tuning.ensure_converge(pair.src)
+    if race.offset_ms < 0:
+        notes.append(f"{what} {phase}: {_apply_change(pair.dst, race.change)}")
+        time.sleep(-race.offset_ms / 1000)
+    pair.src.cmd("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+    if race.offset_ms >= 0:
+        time.sleep(race.offset_ms / 1000)
+        st = pair.dst.qmp.try_cmd("query-migrate").get("status", "?")
+        notes.append(f"{what} with destination '{st}': {_apply_change(pair.dst, race.change)}")
+    return _settle_and_judge(pair, int(port), notes)

@@ -29,7 +29,7 @@ def test_cancel_race_attempt(base_spec, tmp_path, flow, delay):
     v = cancel_attempt(TestRun(tmp_path / "a"), base_spec, race)
     assert v.kind in (VerdictKind.CLEAN, VerdictKind.INCONSISTENT), (v.signature, v.detail)
     assert any(n.startswith("cancel in ") for n in v.notes), v.notes
-    assert any(n.startswith("source ended ") for n in v.notes), v.notes
+    assert any(n.startswith("migration ") for n in v.notes), v.notes
     if flow == "postcopy" and "postcopy-active" in " ".join(v.notes):
         assert "cannot cancel" in " ".join(v.notes)
 
