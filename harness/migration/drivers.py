@@ -35,18 +35,25 @@ def prepare_target(pair: Pair, transport: Transport, *, caps: dict | None = None
                    params: dict | None = None, dst_params: dict | None = None,
                    converge: bool = True, exit_on_error: bool | None = None) -> Target:
     """Guest ready, caps on both sides, params, destination listening; return the Target."""
+    configure(pair, caps=caps, params=params, dst_params=dst_params, converge=converge)
+    return incoming(transport, pair.src, pair.dst, exit_on_error=exit_on_error)
+
+
+def configure(pair: Pair, *, caps: dict | None = None, params: dict | None = None,
+              dst_params: dict | None = None, converge: bool = True,
+              src_caps: dict | None = None) -> None:
+    """Guest ready; `events` + caps on both sides (+ src_caps on the source only);
+    convergence knobs, then the scenario's parameters on each side."""
     src, dst = pair.src, pair.dst
     pair.wait_guest_ready()
-    for m in (src, dst):
-        tuning.set_capabilities(m, {"events": True, **(caps or {})})
+    tuning.set_capabilities(src, {"events": True, **(src_caps or {}), **(caps or {})})
+    tuning.set_capabilities(dst, {"events": True, **(caps or {})})
     tuning.set_parameters(dst, dst_params or {})
-    target = incoming(transport, src, dst, exit_on_error=exit_on_error)
     if converge:
         tuning.ensure_converge(src)
     else:
         tuning.ensure_non_converge(src)
     tuning.set_parameters(src, params or {})
-    return target
 
 
 def prepare(pair: Pair, transport: Transport, *, caps: dict | None = None,

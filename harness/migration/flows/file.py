@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from harness.migration import drivers, tuning
+from harness.migration import drivers
 from harness.migration.context import ScenarioContext
 from harness.migration.expectations import record_refusal
 from harness.migration.metrics import MigrationMetrics, write_metrics
@@ -36,13 +36,8 @@ def run(ctx: ScenarioContext) -> dict:
     s = ctx.scenario
     pair = ctx.pair()
     src, dst = pair.src, pair.dst
-    pair.wait_guest_ready()
     caps = {"events": True, **dict(s.caps)}
-    for m in (src, dst):
-        tuning.set_capabilities(m, caps)
-    tuning.set_parameters(dst, ctx.dst_params)
-    tuning.ensure_converge(src)
-    tuning.set_parameters(src, ctx.src_params)
+    drivers.configure(pair, caps=caps, params=ctx.src_params, dst_params=ctx.dst_params)
 
     assert dst.run_dir is not None
     path = dst.run_dir / FILE_NAME

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 from harness.guest import integrity
-from harness.migration import drivers, tuning
+from harness.migration import drivers
 from harness.migration.context import ScenarioContext
 from harness.migration.expectations import record_refusal
 from harness.migration.metrics import MigrationMetrics, write_metrics
@@ -38,13 +38,9 @@ def run(ctx: ScenarioContext) -> dict:
     s = ctx.scenario
     pair = ctx.pair()
     src, dst = pair.src, pair.dst
-    pair.wait_guest_ready()
     try:
-        tuning.set_capabilities(src, {"events": True, "background-snapshot": True, **dict(s.caps)})
-        tuning.set_capabilities(dst, {"events": True})
-        tuning.set_parameters(dst, ctx.dst_params)
-        tuning.ensure_converge(src)
-        tuning.set_parameters(src, ctx.src_params)
+        drivers.configure(pair, src_caps={"background-snapshot": True, **dict(s.caps)},
+                          params=ctx.src_params, dst_params=ctx.dst_params)
     except QMPCommandError as exc:
         if s.expect.result is Result.REFUSED:
             return record_refusal(ctx, exc)
