@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     chaos_command.add_parser(sub)
     from harness.report import command as report_cmd
     report_cmd.add_parser(sub)
+    from harness.hosts import command as hosts_cmd
+    hosts_cmd.add_parser(sub)
     if argv[:1] == ["images"]:
         from harness.guest import images
         return _guard(lambda: images.main(argv[1:]))
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return _guard(lambda: chaos_command.main(args))
     if args.cmd == "report":
         return _guard(lambda: report_cmd.main(args))
+    if args.cmd == "hosts":
+        return _guard(lambda: hosts_cmd.main(args))
     return 2
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness.config import HarnessConfig
+from harness.hosts import inventory as inventory_mod
+from harness.hosts.base import HostError
 from harness.qemu import accel as accel_mod
 from harness.qemu.binary import BinaryError, probe
 from harness.qemu.machine import Machine, MachineFailure
@@ -49,6 +51,13 @@ def pytest_addoption(parser):
                 help="do not set a random MALLOC_PERTURB_ for each QEMU")
     g.addoption("--keep-artifacts", action="store_true",
                 help="keep artifacts of passing tests too (failures are always kept)")
+    g.addoption("--inventory", default=os.environ.get("HARNESS_INVENTORY"), metavar="TOML",
+                help="run QEMU on the inventory's hosts over SSH (--qemu* then name a "
+                     "label of the host's [qemu] table or a path on the host)")
+    g.addoption("--place", default="auto", metavar="SRC:DST",
+                help="with --inventory: 'auto' (free slots, seeded order) or host names SRC:DST")
+    g.addoption("--host-tags", default="", metavar="TAG,...",
+                help="with --inventory: only hosts carrying all these tags")
 
 
 def pytest_configure(config):
@@ -79,15 +88,28 @@ def _validate_options(config) -> None:
         HarnessConfig.from_options(qemu=o.qemu, qemu_src=o.qemu_src, qemu_dst=o.qemu_dst,
                                    accel=o.accel, guest=o.guest, artifacts=o.artifacts,
                                    keep=o.keep_artifacts, machine=o.machine_type)
-        for b in (o.qemu, o.qemu_src, o.qemu_dst):
-            if b:  # only binaries the user named; the default is checked when first needed
-                probe(b)
+        if o.inventory:
+            from harness.hosts.placement import parse_place
+            inv = inventory_mod.load(o.inventory)
+            parse_place(o.place, inv)
+            inv.select(_tags(o))
+            for b in (o.qemu, o.qemu_src, o.qemu_dst):
+                for e in inv.select(_tags(o)) if b else ():
+                    e.qemu_binary(b)   # a label every host knows, or a path
+        else:
+            for b in (o.qemu, o.qemu_src, o.qemu_dst):
+                if b:  # only binaries the user named; the default is checked when first needed
+                    probe(b)
         if o.hammer < 1:
             raise SpecError(f"--hammer {o.hammer} must be >= 1")
         if o.hammer_time is not None and o.hammer_time <= 0:
             raise SpecError(f"--hammer-time {o.hammer_time} must be > 0")
-    except (SpecError, BinaryError) as exc:
+    except (SpecError, BinaryError, HostError, inventory_mod.InventoryError) as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def _tags(o) -> tuple[str, ...]:
+    return tuple(t for t in (o.host_tags or "").split(",") if t)
 
 
 def pytest_configure_node(node):  # xdist hook: workers share the controller's run stamp
@@ -107,28 +129,77 @@ def harness_config(pytestconfig) -> HarnessConfig:
         cfg = HarnessConfig.from_options(qemu=o.qemu, qemu_src=o.qemu_src, qemu_dst=o.qemu_dst,
                                          accel=o.accel, guest=o.guest, artifacts=o.artifacts,
                                          keep=o.keep_artifacts, machine=o.machine_type)
-        for b in {cfg.qemu_src, cfg.qemu_dst}:
-            probe(b)
+        if not o.inventory:
+            for b in {cfg.qemu_src, cfg.qemu_dst}:
+                probe(b)
     except (SpecError, BinaryError) as exc:
         raise pytest.UsageError(str(exc)) from None
     return cfg
 
 
 @pytest.fixture(scope="session")
-def qemu_accel(harness_config) -> str:
-    """The accelerator actually used (auto resolved by measurement, cached)."""
-    src = probe(harness_config.qemu_src).path
-    return accel_mod.resolve(src, harness_config.accel)
+def harness_fleet(pytestconfig):
+    """With --inventory: this worker's view of the hosts (SSH connections, slots)."""
+    o = pytestconfig.option
+    if not o.inventory:
+        yield None
+        return
+    from harness.hosts.fleet import Fleet
+    root = Path(o.artifacts).resolve() / pytestconfig._harness_run_stamp
+    fleet = Fleet.load(o.inventory, place=o.place, tags=_tags(o), facts_dir=root / "preflight")
+    yield fleet
+    fleet.close()
+
+
+def side_binaries(cfg: HarnessConfig, run: TestRun):
+    """(source, destination) QemuBinary, probed on the hosts they run on."""
+    p = run.placement
+    if p.src_entry is None:
+        return probe(cfg.qemu_src), probe(cfg.qemu_dst)
+    label = lambda b: None if b == "qemu-system-x86_64" else b  # noqa: E731 - the default
+    return (probe(p.src_entry.qemu_binary(label(cfg.qemu_src)), p.src),
+            probe(p.dst_entry.qemu_binary(label(cfg.qemu_dst)), p.dst))
+
+
+def _one_host(request) -> bool:
+    callspec = getattr(request.node, "callspec", None)
+    s = callspec.params.get("scenario") if callspec else None
+    return bool(getattr(s, "needs_one_host", False))
+
+
+def _place(request, fleet, stamp: str):
+    """Slots on inventory hosts for this test, and a skip if preflight rules a host out."""
+    seed = f"{request.config.option.hammer_seed}:{request.node.nodeid}:{time.monotonic_ns()}"
+    try:
+        placement = fleet.place(one_host=_one_host(request), seed=seed)
+    except HostError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    for h in {placement.src, placement.dst}:
+        reason = fleet.facts(h).blocking_reason()
+        if reason:
+            placement.release()
+            pytest.skip(reason)
+    _set_property(request.node, "hosts", placement.describe())
+    return placement
 
 
 @pytest.fixture
-def harness_run(request, harness_config) -> TestRun:
+def qemu_accel(harness_config, harness_run) -> str:
+    """The accelerator actually used (auto: measured on the source's host, cached)."""
+    src = side_binaries(harness_config, harness_run)[0].path
+    p = harness_run.placement
+    return accel_mod.resolve(src, harness_config.accel, None if p.src.is_local else p.src)
+
+
+@pytest.fixture
+def harness_run(request, harness_config, harness_fleet) -> TestRun:
     stamp = request.config._harness_run_stamp
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     art = harness_config.artifacts_root / stamp / safe_dirname(request.node.nodeid)
     if art.exists():  # same test id twice (hammer/repeat): keep both
         art = art.with_name(f"{art.name}-{worker}-{time.monotonic_ns()}")
-    run = TestRun(art)
+    placement = _place(request, harness_fleet, stamp) if harness_fleet is not None else None
+    run = TestRun(art, placement=placement)
     # In JUnit (a property of the item, as junitxml reads them at teardown): where this
     # run's evidence is. Replaced each round when a test is hammered.
     _set_property(request.node, "artifacts", str(art))
@@ -136,6 +207,7 @@ def harness_run(request, harness_config) -> TestRun:
     request.config.stash[_session_runs_key].append(run)
     yield run
     run.abort()  # no-op if the verdict hook already finished it
+    run.placement.release()
     failed = request.node.stash.get(_failed_key, True)
     if not failed and not harness_config.keep_artifacts:
         run.discard_artifacts()
@@ -168,19 +240,19 @@ def _set_property(node, name: str, value) -> None:
 
 
 @pytest.fixture
-def base_spec(harness_config, qemu_accel, malloc_perturb) -> MachineSpec:
+def base_spec(harness_config, harness_run, qemu_accel, malloc_perturb) -> MachineSpec:
     env = (("MALLOC_PERTURB_", str(malloc_perturb)),) if malloc_perturb else ()
-    return MachineSpec(binary=probe(harness_config.qemu_src).path, accel=qemu_accel,
-                       machine_type=_machine_type(harness_config),
+    src, dst = side_binaries(harness_config, harness_run)
+    return MachineSpec(binary=src.path, accel=qemu_accel,
+                       machine_type=_machine_type(harness_config, src, dst),
                        guest=GuestSpec(kind=harness_config.guest), env=env)
 
 
-def _machine_type(cfg: HarnessConfig) -> str:
+def _machine_type(cfg: HarnessConfig, src, dst) -> str:
     """--machine-type, else q35 for one binary, else the newest pc-q35-X.Y both binaries have."""
     if cfg.machine_type:
         return cfg.machine_type
-    src, dst = probe(cfg.qemu_src), probe(cfg.qemu_dst)
-    if src.path == dst.path:
+    if src.path == dst.path and src.version == dst.version:
         return "q35"
     from harness.qemu.binary import common_machine_type
     mt = common_machine_type(src, dst)
@@ -201,7 +273,8 @@ def machine_factory(harness_run, base_spec):
 @pytest.fixture
 def migration_pair(harness_run, base_spec, harness_config):
     from harness.migration.pair import make_pair
-    return make_pair(harness_run, base_spec, dst_binary=probe(harness_config.qemu_dst).path)
+    return make_pair(harness_run, base_spec,
+                     dst_binary=side_binaries(harness_config, harness_run)[1].path)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -265,7 +338,7 @@ def pytest_sessionfinish(session, exitstatus):
                 m.proc.wait(10)
             if m.run_dir is not None and m.run_dir.exists():
                 leaks.append(f"run dir {m.run_dir} left behind")
-                run.host.remove_run_dir(m.run_dir)
+                m.host.remove_run_dir(m.run_dir)
     if leaks:
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:

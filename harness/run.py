@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
+from harness.hosts.placement import Placement
 from harness.qemu.cmdline import GuestFiles
 from harness.qemu.machine import Machine, MachineFailure
 from harness.qemu.outcome import Outcome, OutcomeKind
@@ -42,32 +43,59 @@ def resolve_guest_files(spec: MachineSpec) -> GuestFiles:
 class TestRun:
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, artifacts: Path, host: Host | None = None, want_evidence=None):
+    def __init__(self, artifacts: Path, host: Host | None = None, want_evidence=None,
+                 placement: Placement | None = None):
         self.artifacts = artifacts
         self.want_evidence = want_evidence  # see Machine.want_evidence
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        self.host = host or LocalHost()
+        if placement is None:
+            h = host or LocalHost()
+            placement = Placement(h, h)
+        # Source-role machines go to placement.src, destinations to placement.dst.
+        self.placement = placement
+        self.host = placement.src
         self.machines: list[Machine] = []
         self.outcomes: dict[str, Outcome] = {}
         self.finished = False
         self.children: list[TestRun] = []
+        self.staged_dirs: list[tuple[Host, Path]] = []
 
     def child(self, name: str) -> "TestRun":
         """A nested run (one hammer attempt inside a test); torn down with its parent."""
-        c = TestRun(self.artifacts / name, self.host, self.want_evidence)
+        c = TestRun(self.artifacts / name, want_evidence=self.want_evidence,
+                    placement=self.placement)
         self.children.append(c)
         return c
 
     def all_machines(self) -> list[Machine]:
         return self.machines + [m for c in self.children for m in c.all_machines()]
 
-    def machine(self, spec: MachineSpec, launch: bool = True) -> Machine:
+    def machine(self, spec: MachineSpec, launch: bool = True, role: str | None = None) -> Machine:
+        """Launch spec on its host: role 'src'/'dst', or guessed from the name (role_of)."""
         if any(m.name == spec.name for m in self.machines):
             raise ValueError(f"machine name '{spec.name}' already used in this test")
-        m = Machine(self.host, spec, self.artifacts / spec.name, resolve_guest_files(spec),
+        host = {"src": self.placement.src, "dst": self.placement.dst}[role] if role \
+            else self.placement.host_for(spec.name)
+        m = Machine(host, spec, self.artifacts / spec.name, resolve_guest_files(spec),
                     want_evidence=self.want_evidence)
         self.machines.append(m)
         return m.launch() if launch else m
+
+    def stage_tree(self, host: Host, local_dir: Path) -> str:
+        """Copy a local directory tree (credentials...) to a run dir on host; removed at the end."""
+        remote = host.make_run_dir("setup")
+        self.staged_dirs.append((host, remote))
+        for f in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            host.put_file(f, remote / f.relative_to(local_dir), mode=f.stat().st_mode & 0o777)
+        return str(remote)
+
+    def _remove_staged(self) -> None:
+        while self.staged_dirs:
+            host, path = self.staged_dirs.pop()
+            try:
+                host.remove_run_dir(path)
+            except Exception:  # noqa: BLE001 - teardown: keep going
+                pass
 
     def finish(self) -> list[Outcome]:
         """Shut down every machine; raise MachineFailure for the first unexpected exit."""
@@ -78,6 +106,7 @@ class TestRun:
         self.finished = True
         for m in self.machines:
             self.outcomes[m.name] = m.shutdown()
+        self._remove_staged()
         self._write_summary()
         bad = [o for o in self.outcomes.values() if o.is_failure]
         if bad:
@@ -99,6 +128,7 @@ class TestRun:
             except Exception:  # noqa: BLE001 - keep tearing down the rest
                 if m.proc is not None:
                     m.proc.kill_group()
+        self._remove_staged()
         self._write_summary()
 
     def _write_summary(self) -> None:

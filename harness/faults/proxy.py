@@ -360,3 +360,16 @@ class TcpProxy:
             t.cancel()
         if pending:
             await asyncio.wait(pending, timeout=2)
+
+
+def local_address_towards(address: str) -> str:
+    """This machine's address on the route to `address` (127.0.0.1 for loopback).
+
+    A connected UDP socket makes the kernel pick the source address; nothing is sent.
+    """
+    import socket
+    if address.startswith("127.") or address in ("localhost", "::1"):
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((address, 9))
+        return s.getsockname()[0]

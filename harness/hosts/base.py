@@ -42,6 +42,9 @@ class Host(abc.ABC):
     """Somewhere QEMU can run."""
 
     name: str
+    is_local: bool = True        # False: another machine (no fd passing, files must be staged)
+    qemu_listens: bool = False   # True: QEMU serves its QMP/serial sockets, we connect
+    listen_address: str = "127.0.0.1"   # where this host's QEMU listens for migration
 
     @abc.abstractmethod
     def spawn(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
@@ -59,3 +62,40 @@ class Host(abc.ABC):
     @abc.abstractmethod
     def remove_run_dir(self, path: Path) -> None:
         """Remove a run dir created by make_run_dir (only those)."""
+
+    # -- files on the host (identity/no-ops locally; SFTP and friends remotely) --
+    def stage_file(self, local: Path) -> Path:
+        """Make a local file (guest image) available on the host; return its path there."""
+        return local
+
+    def put_file(self, local: Path, path: Path, mode: int = 0o600) -> None:
+        import shutil
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, path)
+        Path(path).chmod(mode)
+
+    def read_file(self, path: Path) -> bytes:
+        return Path(path).read_bytes()
+
+    def remove_file(self, path: Path) -> None:
+        Path(path).unlink(missing_ok=True)
+
+    def take_file(self, src: Path, dst: Path) -> None:
+        """Move a file (a core) from the host into the local artifacts, keeping holes."""
+        import subprocess
+        try:
+            Path(src).rename(dst)
+        except OSError:
+            subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=False, timeout=300)
+            Path(src).unlink(missing_ok=True)
+
+    def real_exe(self, pid: int, fallback: str) -> str:
+        """The ELF a process runs (gdb needs it, not a wrapper script that exec'd it)."""
+        import os
+        try:
+            return os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return fallback
+
+    def connect_unix(self, path: Path, deadline: float, alive):
+        raise HostError(f"{self.name}: connect_unix is only for hosts where QEMU listens")

@@ -57,11 +57,24 @@ class ScenarioContext:
     def setup(self) -> Setup:
         """Everything SETUP_OPTIONS materialise, made once per test."""
         total = Setup()
+        dst_address = self.run.placement.dst.listen_address
         for key in SETUP_OPTIONS:
             obj = self.scenario.options.get(key)
             if obj is not None:
-                total = total + obj.materialize(self.workdir)
-        return total
+                total = total + obj.materialize(self.workdir, dst_address=dst_address)
+        return self._staged(total)
+
+    def _staged(self, st: Setup) -> Setup:
+        """Remote QEMUs read the setup files from a copy on their own host."""
+        src, dst = self.run.placement.src, self.run.placement.dst
+        if src.is_local and dst.is_local:
+            return st
+        local = str(self.workdir)
+        src_dir = self.run.stage_tree(src, self.workdir) if not src.is_local else local
+        dst_dir = self.run.stage_tree(dst, self.workdir) if not dst.is_local else local
+        fix = lambda args, d: tuple(a.replace(local, d) for a in args)  # noqa: E731
+        return Setup(fix(st.src_args, src_dir), fix(st.dst_args, dst_dir),
+                     st.src_params, st.dst_params, st.files)
 
     @property
     def src_params(self) -> dict:

@@ -22,6 +22,16 @@ class Env:
     accel: str
     src_version: tuple[int, int, int]
     dst_version: tuple[int, int, int]
+    # Remote runs: the hosts (binary probes run there) and their preflight facts
+    # (harness.hosts.preflight.HostFacts); None means this machine.
+    src_host: object = None
+    dst_host: object = None
+    facts: tuple = ()
+
+    def binaries(self) -> list[tuple[str, object]]:
+        """(binary, host) of both sides, once each."""
+        pairs = [(self.src_binary, self.src_host), (self.dst_binary, self.dst_host)]
+        return pairs[:1] if pairs[0] == pairs[1] else pairs
 
 
 @dataclass(frozen=True)
@@ -29,8 +39,8 @@ class Capability:
     name: str
 
     def check(self, env: Env) -> str | None:
-        for b in {env.src_binary, env.dst_binary}:
-            if self.name not in capabilities.probe(b).capabilities:
+        for b, h in env.binaries():
+            if self.name not in capabilities.probe(b, h).capabilities:
                 return f"{b} has no migration capability '{self.name}'"
         return None
 
@@ -40,8 +50,8 @@ class Parameter:
     name: str
 
     def check(self, env: Env) -> str | None:
-        for b in {env.src_binary, env.dst_binary}:
-            if self.name not in capabilities.probe(b).parameters:
+        for b, h in env.binaries():
+            if self.name not in capabilities.probe(b, h).parameters:
                 return f"{b} has no migration parameter '{self.name}'"
         return None
 
@@ -51,8 +61,8 @@ class Compression:
     method: str
 
     def check(self, env: Env) -> str | None:
-        for b in {env.src_binary, env.dst_binary}:
-            if self.method not in capabilities.probe(b).compression:
+        for b, h in env.binaries():
+            if self.method not in capabilities.probe(b, h).compression:
                 return f"multifd compression '{self.method}' is not built into {b}"
         return None
 
@@ -62,8 +72,8 @@ class ObjectType:
     name: str
 
     def check(self, env: Env) -> str | None:
-        for b in {env.src_binary, env.dst_binary}:
-            if self.name not in capabilities.probe(b).object_types:
+        for b, h in env.binaries():
+            if self.name not in capabilities.probe(b, h).object_types:
                 return f"{b} has no object type '{self.name}'"
         return None
 
@@ -73,8 +83,8 @@ class Command:
     name: str
 
     def check(self, env: Env) -> str | None:
-        for b in {env.src_binary, env.dst_binary}:
-            if self.name not in capabilities.probe(b).commands:
+        for b, h in env.binaries():
+            if self.name not in capabilities.probe(b, h).commands:
                 return f"{b} has no QMP command '{self.name}'"
         return None
 
@@ -94,6 +104,8 @@ class Userfaultfd:
     """Postcopy needs userfaultfd (syscall, or /dev/userfaultfd)."""
 
     def check(self, env: Env) -> str | None:
+        if env.facts:
+            return next((f"{f.host}: {f.userfaultfd}" for f in env.facts if f.userfaultfd), None)
         if os.geteuid() == 0 or Path("/dev/userfaultfd").exists():
             return None
         try:
@@ -107,6 +119,9 @@ class Userfaultfd:
 @dataclass(frozen=True)
 class RdmaDevice:
     def check(self, env: Env) -> str | None:
+        if env.facts:
+            return next((f"no RDMA device on host '{f.host}' (/sys/class/infiniband empty)"
+                         for f in env.facts if not f.rdma_devices), None)
         d = Path("/sys/class/infiniband")
         if not d.is_dir() or not any(d.iterdir()):
             return "no RDMA device: /sys/class/infiniband is missing or empty"
@@ -120,6 +135,11 @@ class Memlock:
     min_bytes: int
 
     def check(self, env: Env) -> str | None:
+        for f in env.facts:
+            if f.memlock_bytes is not None and f.memlock_bytes < self.min_bytes:
+                return f"host '{f.host}': ulimit -l is {f.memlock_bytes} bytes, needs {self.min_bytes}"
+        if env.facts:
+            return None
         soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
         if soft != resource.RLIM_INFINITY and soft < self.min_bytes:
             return f"RLIMIT_MEMLOCK is {soft} bytes, needs {self.min_bytes}"

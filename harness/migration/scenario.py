@@ -33,6 +33,13 @@ class Flow(enum.Enum):
     RDMA = "rdma"                       # rdma:HOST:PORT (its own flow: no socket-address)
 
 
+# fd passing and exec FIFOs/unix sockets live in one host's kernel or filesystem; file,
+# snapshot and cpr flows hand a file from source to destination; COLO shares disks.
+_ONE_HOST_TRANSPORTS = frozenset({Transport.UNIX, Transport.FD, Transport.EXEC, Transport.FILE})
+_ONE_HOST_FLOWS = frozenset({Flow.FILE, Flow.BACKGROUND_SNAPSHOT, Flow.CPR_REBOOT,
+                             Flow.CPR_TRANSFER, Flow.COLO})
+
+
 class Result(enum.Enum):
     COMPLETED = "completed"             # both sides completed, integrity proven
     REFUSED = "refused"                 # a QMP command is refused with an error class
@@ -114,6 +121,12 @@ class Scenario:
         if isinstance(self.src_args, str) or isinstance(self.dst_args, str):
             raise SpecError(f"scenario {self.path}: src_args/dst_args must be tuples of strings")
         object.__setattr__(self, "tiers", frozenset(self.tiers))
+
+    @property
+    def needs_one_host(self) -> bool:
+        """Both QEMUs share files or descriptors: placed on one host (see hosts.placement)."""
+        return (self.transport in _ONE_HOST_TRANSPORTS or self.flow in _ONE_HOST_FLOWS
+                or bool(self.options.get("one_host")))
 
     @property
     def family(self) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CREDS_ID = "tlscreds0"
+DST_ADDRESS = "@dst"   # in X509.server_names: the address the destination listens on
 PSK_USER = "qemu"
 
 
@@ -44,7 +45,7 @@ class Psk:
 
     mismatch: bool = False
 
-    def materialize(self, workdir: Path) -> Setup:
+    def materialize(self, workdir: Path, dst_address: str = "127.0.0.1") -> Setup:
         src_dir, dst_dir = workdir / "psk-src", workdir / "psk-dst"
         key = os.urandom(32).hex()
         dst_key = os.urandom(32).hex() if self.mismatch else key
@@ -72,7 +73,7 @@ class X509:
     verify_peer: the destination demands and verifies a client certificate.
     """
 
-    server_names: tuple[str, ...] = ("127.0.0.1", "localhost")
+    server_names: tuple[str, ...] = (DST_ADDRESS, "localhost")
     tls_hostname: str | None = None
     src_trusts: tuple[str, ...] = ("ca",)
     client_cert_by: str | None = "ca"
@@ -85,12 +86,13 @@ class X509:
         if self.client_cert_by not in (*cas, None):
             raise ValueError(f"X509.client_cert_by must be one of {cas} or None")
 
-    def materialize(self, workdir: Path) -> Setup:
+    def materialize(self, workdir: Path, dst_address: str = "127.0.0.1") -> Setup:
+        names = tuple(dst_address if n == DST_ADDRESS else n for n in self.server_names)
         cas = {"ca": _Authority.new("qmh test CA"), "other-ca": _Authority.new("qmh unrelated CA")}
         src_dir, dst_dir = workdir / "x509-src", workdir / "x509-dst"
         # Destination = TLS server: the CA it verifies clients with, and its own cert.
         _write(dst_dir / "ca-cert.pem", cas["ca"].cert_pem(), 0o644)
-        skey, scert = cas["ca"].issue("qemu migration destination", self.server_names, server=True)
+        skey, scert = cas["ca"].issue("qemu migration destination", names, server=True)
         _write(dst_dir / "server-key.pem", skey, 0o600)
         _write(dst_dir / "server-cert.pem", scert, 0o644)
         # Source = TLS client: the CA bundle it trusts and (maybe) its own cert.

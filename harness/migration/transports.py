@@ -48,8 +48,9 @@ class Target:
         return self.uri if self.uri is not None else json.dumps(list(self.channels or ()))
 
 
-def listen_uri(transport: Transport, dst: Machine, host: str = "127.0.0.1") -> str:
+def listen_uri(transport: Transport, dst: Machine, host: str | None = None) -> str:
     if transport is Transport.TCP:
+        host = host or dst.host.listen_address
         return f"tcp:{host}:0"
     if transport is Transport.UNIX:
         assert dst.run_dir is not None
@@ -81,7 +82,7 @@ def start_incoming(transport: Transport, dst: Machine) -> str:
     return connect_uri(transport, dst)
 
 
-def incoming(transport: Transport, src: Machine, dst: Machine, *, host: str = "127.0.0.1",
+def incoming(transport: Transport, src: Machine, dst: Machine, *, host: str | None = None,
              exit_on_error: bool | None = None) -> Target:
     """Start the deferred destination listening on `transport`; return the source's Target.
 
@@ -92,6 +93,7 @@ def incoming(transport: Transport, src: Machine, dst: Machine, *, host: str = "1
     exit_on_error=False keeps a failed destination alive for inspection.
     """
     extra = {} if exit_on_error is None else {"exit-on-error": exit_on_error}
+    host = host or dst.host.listen_address   # the destination host's migration address
     if transport in (Transport.TCP, Transport.UNIX):
         dst.cmd("migrate-incoming", {"uri": listen_uri(transport, dst, host), **extra})
         return Target(transport, uri=connect_uri(transport, dst))
@@ -125,8 +127,15 @@ def incoming(transport: Transport, src: Machine, dst: Machine, *, host: str = "1
 def pass_fd(m: Machine, fd: int, name: str) -> None:
     """Hand fd to QEMU over its monitor (SCM_RIGHTS), named for fd:NAME URIs."""
     assert m.qmp is not None
+    _local_only(m, "passing a file descriptor (SCM_RIGHTS)")
     m.qmp.send_fd(fd)
     m.cmd("getfd", {"fdname": name})
+
+
+def _local_only(m: Machine, what: str) -> None:
+    if not m.host.is_local:
+        from harness.hosts.base import HostError
+        raise HostError(f"{m.name} runs on host '{m.host.name}': {what} needs a local QEMU")
 
 
 # ---------------------------------------------------------------------------- file
@@ -149,6 +158,7 @@ def add_fdset(m: Machine, path: Path, flags: int, count: int = 1, *, direct_io: 
     direct_io the first fd is opened without it and the others with it.
     """
     assert m.qmp is not None
+    _local_only(m, "add-fd with a file opened here")
     for i in range(count):
         f = flags | (os.O_DIRECT if direct_io and i else 0)
         fd = os.open(path, f, 0o600)

@@ -44,19 +44,42 @@ def resolve_path(binary: str) -> str:
     return found
 
 
-def probe(binary: str) -> QemuBinary:
-    path = resolve_path(binary)
-    key = cache.file_key(path)
+def probe(binary: str, host=None) -> QemuBinary:
+    """Version and machine types of `binary` (on `host` when it is a remote Host)."""
+    if host is not None and not host.is_local:
+        path, key = _remote_identity(binary, host)
+        run = host.run
+    else:
+        path, run = resolve_path(binary), None
+        key = cache.file_key(path)
     cached = cache.load("binary", key)
     if cached is None:
-        cached = _probe_uncached(path)
+        cached = _probe_uncached(path, run)
         cache.store("binary", key, cached)
     return QemuBinary(path=path, version=cached["version"],
                       version_tuple=tuple(cached["version_tuple"]), package=cached["package"],
                       machines=tuple(cached["machines"]), default_machine=cached["default_machine"])
 
 
-def _run(argv: list[str]) -> str:
+def _remote_identity(binary: str, host) -> tuple[str, str]:
+    """The binary's path on the host and a cache key (host, path, size, mtime)."""
+    import hashlib
+    rc, out, err = host.run(["sh", "-c", 'p=$(command -v "$1") && stat -L -c "%n %s %Y" -- "$p"',
+                             "sh", binary], 30)
+    if rc != 0 or not out.strip():
+        raise BinaryError(f"QEMU binary '{binary}' not found on host '{host.name}'")
+    path, size, mtime = out.strip().rsplit(" ", 2)
+    key = hashlib.sha256(f"{host.name}:{path}:{size}:{mtime}".encode()).hexdigest()[:20]
+    return path, key
+
+
+def _run(argv: list[str], run=None) -> str:
+    if run is not None:
+        rc, out, err = run(argv, 30)
+        if rc != 0:
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            raise BinaryError(f"'{' '.join(argv)}' failed with {rc}: {last}")
+        return out
     try:
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -67,14 +90,14 @@ def _run(argv: list[str]) -> str:
     return cp.stdout
 
 
-def _probe_uncached(path: str) -> dict:
-    out = _run([path, "--version"])
+def _probe_uncached(path: str, run=None) -> dict:
+    out = _run([path, "--version"], run)
     m = re.search(r"version (\d+)\.(\d+)\.(\d+)\S*(?: \((.*?)\))?", out)
     if not m:
         raise BinaryError(f"'{path}' does not look like QEMU: --version printed {out[:60]!r}")
     vt = [int(m.group(i)) for i in (1, 2, 3)]
     machines, default = [], ""
-    for line in _run([path, "-machine", "help"]).splitlines()[1:]:
+    for line in _run([path, "-machine", "help"], run).splitlines()[1:]:
         parts = line.split()
         if not parts:
             continue

@@ -26,17 +26,22 @@ class MigrationFeatures:
     commands: frozenset[str]
 
 
-def probe(binary: str) -> MigrationFeatures:
-    key = cache.file_key(binary)
+def probe(binary: str, host=None) -> MigrationFeatures:
+    """Probed by launching the binary (on `host` if given), cached per binary identity."""
+    from harness.qemu import binary as binary_mod
+    if host is not None and not host.is_local:
+        key = binary_mod._remote_identity(binary, host)[1]
+    else:
+        key, host = cache.file_key(binary), None
     with cache.locked("features", key):
         hit = cache.load("features", key)
         if hit is None:
-            hit = _probe_uncached(binary)
+            hit = _probe_uncached(binary, host)
             cache.store("features", key, hit)
     return MigrationFeatures(**{k: frozenset(v) for k, v in hit.items()})
 
 
-def _probe_uncached(binary: str) -> dict:
+def _probe_uncached(binary: str, host=None) -> dict:
     from harness.hosts.local import LocalHost
     from harness.qemu.cmdline import GuestFiles
     from harness.qemu.machine import Machine
@@ -44,7 +49,7 @@ def _probe_uncached(binary: str) -> dict:
     spec = MachineSpec(binary=binary, name="features", accel="tcg", machine_type="none",
                        memory_mib=16, guest=GuestSpec(kind=GuestKind.NONE), paused=True)
     with tempfile.TemporaryDirectory(prefix="qmh-features-") as tmp:
-        m = Machine(LocalHost(), spec, Path(tmp) / "features", GuestFiles())
+        m = Machine(host or LocalHost(), spec, Path(tmp) / "features", GuestFiles())
         try:
             m.launch()
             caps = [c["capability"] for c in m.cmd("query-migrate-capabilities")]

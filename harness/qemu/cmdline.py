@@ -12,6 +12,13 @@ class RunPaths:
     """Where one machine's sockets live (run dir) and logs go (artifacts)."""
 
     run_dir: Path
+    # Remote hosts: QEMU serves its sockets (wait=on: it blocks until we connected, so
+    # nothing is missed from the greeting on); locally QEMU connects to our listeners.
+    qemu_listens: bool = False
+
+    @property
+    def chardev_mode(self) -> str:
+        return ",server=on,wait=on" if self.qemu_listens else ""
 
     @property
     def qmp(self) -> Path:
@@ -46,12 +53,14 @@ def build_argv(spec: MachineSpec, paths: RunPaths, guest: GuestFiles) -> list[st
             "-display", "none", "-accel", _accel(spec), "-machine", spec.machine_type,
             "-m", str(spec.memory_mib), "-smp", str(spec.smp)]
     # QEMU connects to sockets the harness already listens on: no race, no missed output.
-    argv += ["-chardev", f"socket,id=qmp0,path={paths.qmp}",
+    mode = paths.chardev_mode
+    argv += ["-chardev", f"socket,id=qmp0,path={paths.qmp}{mode}",
              "-mon", "chardev=qmp0,mode=control"]
     for i in range(spec.extra_monitors):
-        argv += ["-chardev", f"socket,id=qmp{i + 1},path={paths.extra_qmp(i)}",
+        argv += ["-chardev", f"socket,id=qmp{i + 1},path={paths.extra_qmp(i)}{mode}",
                  "-mon", f"chardev=qmp{i + 1},mode=control"]
-    argv += ["-chardev", f"socket,id=serial0,path={paths.serial}", "-serial", "chardev:serial0"]
+    argv += ["-chardev", f"socket,id=serial0,path={paths.serial}{mode}",
+             "-serial", "chardev:serial0"]
     argv += _guest_args(spec, guest)
     if spec.paused:
         argv.append("-S")

@@ -89,48 +89,59 @@ class Machine:
     def launch(self) -> "Machine":
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.run_dir = self.host.make_run_dir(self.spec.name)
-        paths = RunPaths(self.run_dir)
-        self.argv = build_argv(self.spec, paths, self.guest)
+        paths = RunPaths(self.run_dir, qemu_listens=self.host.qemu_listens)
+        self.argv = build_argv(self.spec, paths, _staged(self.host, self.guest))
         (self.artifacts / "cmdline.txt").write_text(_shell_join(self.argv) + "\n")
+        if not self.host.is_local:
+            (self.artifacts / "host.txt").write_text(f"{self.host.name}\n")
         env = dict(self.spec.env)
         if env:
             (self.artifacts / "env.txt").write_text(
                 "".join(f"{k}={v}\n" for k, v in sorted(env.items())))
-        qmp_srv = listen_unix(paths.qmp)
-        extra_srvs = [listen_unix(paths.extra_qmp(i)) for i in range(self.spec.extra_monitors)]
-        serial_srv = listen_unix(paths.serial)
-        self._listeners = [qmp_srv, serial_srv, *extra_srvs]
+        if not self.host.qemu_listens:
+            self._listeners = [listen_unix(paths.qmp),
+                               *[listen_unix(paths.extra_qmp(i)) for i in range(self.spec.extra_monitors)],
+                               listen_unix(paths.serial)]
         try:
             self.proc = self.host.spawn(self.argv, cwd=self.run_dir, env=env,
                                         stdout=self.artifacts / "stdout.log",
                                         stderr=self.stderr_path)
             (self.artifacts / "pid").write_text(f"{self.proc.pid}\n")
             deadline = time.monotonic() + QMP_CONNECT_TIMEOUT
-            alive = lambda: self.proc.poll() is None  # noqa: E731
-            conn = accept_until(qmp_srv, deadline, alive)
-            if conn is None:
-                raise LaunchError(self._launch_failure("QMP monitor never connected"))
-            self.qmp = Monitor(f"{self.name}", self.artifacts / "qmp.jsonl", self.qmp_timeout)
-            self.qmp.attach(conn, timeout=QMP_CONNECT_TIMEOUT)
-            self.exe = _real_exe(self.proc.pid, self.spec.binary)
-            for i, srv in enumerate(extra_srvs):
-                c = accept_until(srv, deadline, alive)
+            # QEMU opens its chardevs in command-line order: QMP, extra monitors, serial.
+            # Connect them all before reading the greeting: a listening QEMU (wait=on)
+            # only enters its main loop, and greets, once every socket has a client.
+            what = ["QMP monitor", *[f"extra QMP monitor {i + 1}" for i in range(self.spec.extra_monitors)],
+                    "serial chardev"]
+            socks = [paths.qmp, *[paths.extra_qmp(i) for i in range(self.spec.extra_monitors)], paths.serial]
+            conns = []
+            for i, path in enumerate(socks):
+                c = self._connect(i, path, deadline)
                 if c is None:
-                    raise LaunchError(self._launch_failure(f"extra QMP monitor {i + 1} never connected"))
+                    raise LaunchError(self._launch_failure(f"{what[i]} never connected"))
+                conns.append(c)
+            self.serial = SerialConsole(conns[-1], self.artifacts / "serial.log")
+            self.qmp = Monitor(f"{self.name}", self.artifacts / "qmp.jsonl", self.qmp_timeout)
+            self.qmp.attach(conns[0], timeout=QMP_CONNECT_TIMEOUT)
+            self.exe = self.host.real_exe(self.proc.pid, self.spec.binary)
+            for i, c in enumerate(conns[1:-1]):
                 mon = Monitor(f"{self.name}-mon{i + 1}", self.artifacts / f"qmp{i + 1}.jsonl",
                               self.qmp_timeout)
                 mon.attach(c, timeout=QMP_CONNECT_TIMEOUT)
                 self.extra_qmp.append(mon)
-            sconn = accept_until(serial_srv, deadline, alive)
-            if sconn is None:
-                raise LaunchError(self._launch_failure("serial chardev never connected"))
-            self.serial = SerialConsole(sconn, self.artifacts / "serial.log")
         except BaseException:
             self._close_listeners()
             self.shutdown()
             raise
         self._close_listeners()
         return self
+
+    def _connect(self, index: int, path: Path, deadline: float):
+        """The index-th socket: accept QEMU's connection locally, or connect to QEMU's."""
+        alive = lambda: self.proc.poll() is None  # noqa: E731
+        if self.host.qemu_listens:
+            return self.host.connect_unix(path, deadline, alive)
+        return accept_until(self._listeners[index], deadline, alive)
 
     def _close_listeners(self) -> None:
         for s in self._listeners:
@@ -229,10 +240,12 @@ class Machine:
             found = debug.search_core(self.run_dir, self.pid, self.exe, run=self.host.run)
             note = found.note
             if found.path is not None:
-                core = self.artifacts / "core"
-                _move_sparse(Path(found.path), core)
-                bt = debug.backtrace_from_core(self.exe, core, timeout=120, run=self.host.run)
+                # gdb runs on the host that has the binary and the core; then the core
+                # comes into the local artifacts.
+                bt = debug.backtrace_from_core(self.exe, found.path, timeout=120, run=self.host.run)
                 (self.artifacts / "backtrace.txt").write_text(bt)
+                core = self.artifacts / "core"
+                self.host.take_file(Path(found.path), core)
         self.outcome = classify(rc, self.stderr_text(), expected_returncodes=self._expected_rcs,
                                 expected_stderr_regex=self._expected_stderr, core=core,
                                 core_note=note, backtrace=bt, artifact_dir=self.artifacts)
@@ -303,23 +316,13 @@ class Machine:
         return outcome
 
 
-def _real_exe(pid: int, fallback: str) -> str:
-    """gdb needs the ELF QEMU runs as, not a wrapper script that exec'd it."""
-    import os
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return fallback  # remote host, or already gone
-
-
-def _move_sparse(src: Path, dst: Path) -> None:
-    """Cores are sparse (TCG reserves 1 GiB): rename, or copy keeping holes."""
-    import subprocess
-    try:
-        src.rename(dst)
-    except OSError:
-        subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=False, timeout=300)
-        src.unlink(missing_ok=True)
+def _staged(host: Host, guest: GuestFiles) -> GuestFiles:
+    """Guest images where the host can read them (copied once to a remote host)."""
+    if host.is_local:
+        return guest
+    stage = lambda p: host.stage_file(p) if p is not None else None  # noqa: E731
+    return GuestFiles(bootblock=stage(guest.bootblock), kernel=stage(guest.kernel),
+                      initrd=stage(guest.initrd), cmdline=guest.cmdline)
 
 
 def _shell_join(argv: list[str]) -> str:

@@ -9,7 +9,7 @@ import pytest
 from harness.migration import catalog, requirements
 from harness.migration.runner import run_scenario
 from harness.migration.scenario import KnownBugHit
-from harness.qemu.binary import probe
+from harness.pytest_plugin import side_binaries
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -27,10 +27,15 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture
-def scenario_env(harness_config, qemu_accel) -> requirements.Env:
-    src, dst = probe(harness_config.qemu_src), probe(harness_config.qemu_dst)
+def scenario_env(harness_config, qemu_accel, harness_run, harness_fleet) -> requirements.Env:
+    src, dst = side_binaries(harness_config, harness_run)
+    p = harness_run.placement
+    remote = harness_fleet is not None
+    facts = tuple(harness_fleet.facts(h) for h in dict.fromkeys((p.src, p.dst))) if remote else ()
     return requirements.Env(src_binary=src.path, dst_binary=dst.path, accel=qemu_accel,
-                            src_version=src.version_tuple, dst_version=dst.version_tuple)
+                            src_version=src.version_tuple, dst_version=dst.version_tuple,
+                            src_host=p.src if remote else None,
+                            dst_host=p.dst if remote else None, facts=facts)
 
 
 @pytest.fixture

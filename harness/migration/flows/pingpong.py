@@ -40,7 +40,8 @@ def _machine(ctx: ScenarioContext, hop: int, binary: str, incoming: bool, paused
     spec = ctx.spec.with_(name=f"hop{hop}-{side}", binary=binary,
                           incoming="defer" if incoming else None, paused=paused,
                           extra_args=ctx.spec.extra_args + extra)
-    return ctx.run.machine(spec)
+    # Side a lives on the source host, side b on the destination host.
+    return ctx.run.machine(spec, role="src" if side == "a" else "dst")
 
 
 def _light_proof(pair: Pair, timeout: float) -> dict:

@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 
-from harness.faults.proxy import TcpProxy
+from harness.faults.proxy import TcpProxy, local_address_towards
 from harness.migration import drivers
 from harness.migration.context import ScenarioContext
 from harness.migration.metrics import MigrationMetrics, write_metrics
@@ -215,7 +215,9 @@ class _Path:
         if not self.use_proxy:
             return uri
         host, port = _inet(uri)
-        p = TcpProxy((host, port), name=f"proxy{len(self.proxies)}").start()
+        # Across hosts the proxy listens on our address on the migration network.
+        p = TcpProxy((host, port), listen_host=local_address_towards(host),
+                     name=f"proxy{len(self.proxies)}").start()
         self.proxies.append(p)
         if self.shape.get("delay_ms"):
             p.delay(self.shape["delay_ms"])
@@ -376,7 +378,7 @@ def _recover(ctx: ScenarioContext, pair: Pair, how: str, dbl: str | None, cycles
             r["double_failure"] = {dbl: double_failure(pair, dbl, s.timeout)}
         smark, dmark = src.qmp.events.mark(), dst.qmp.events.mark()
         t1 = time.monotonic()
-        dst.cmd("migrate-recover", {"uri": "tcp:127.0.0.1:0"}, oob=True)
+        dst.cmd("migrate-recover", {"uri": f"tcp:{dst.host.listen_address}:0"}, oob=True)
         uri = path.route(connect_uri(Transport.TCP, dst))
         src.cmd("migrate", {"uri": uri, "resume": True})
         wait_status(src, {"postcopy-active"}, since=smark, timeout=s.timeout)

@@ -1,0 +1,474 @@
+"""SSHHost: QEMU on another machine, driven over one persistent paramiko connection.
+
+- Host keys are pinned: only the inventory's known_hosts file is trusted; an
+  unknown or changed key is refused (HostKeyRefused), never added.
+- Every remote command is an argv list, quoted with shlex for the remote shell.
+- QEMU runs under harness/hosts/supervisor.py, which reports PID, stderr and
+  exit status over its exec channel and kills QEMU when the session drops.
+- QEMU's QMP and serial UNIX sockets are reached through direct-streamlocal
+  channels (socat as fallback) bridged into local socketpairs for qemu.qmp.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import select
+import shlex
+import socket
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import paramiko
+
+from harness.hosts.base import Host, HostError, Process
+from harness.hosts.inventory import HostEntry
+
+SUPERVISOR_SRC = (Path(__file__).with_name("supervisor.py")).read_text()
+CONNECT_TIMEOUT = 15.0
+SPAWN_TIMEOUT = 20.0
+
+
+class _QuietRetries(logging.Filter):
+    """connect_unix retries until QEMU listens; paramiko logs each refusal as an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open failed: Connect failed" not in record.getMessage()
+
+
+logging.getLogger("paramiko.transport").addFilter(_QuietRetries())
+
+# QEMU's own note that a server chardev waits for us: noise in every stderr.log.
+_WAITING_RX = re.compile(rb"^[^\n]*: info: QEMU waiting for connection on: [^\n]*\n", re.M)
+
+
+class HostKeyRefused(HostError):
+    """The host's key is not the pinned one (unknown or changed)."""
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    """Keys are pinned: an unknown host key is an error naming what was offered."""
+
+    def __init__(self, entry: HostEntry):
+        self.entry = entry
+
+    def missing_host_key(self, client, hostname, key):
+        raise HostKeyRefused(
+            f"host '{self.entry.name}' ({hostname}): {key.get_name()} key {fingerprint(key)} "
+            f"is not in {self.entry.known_hosts}; refusing (keys are pinned, never added)")
+
+
+class SSHHost(Host):
+    is_local = False
+    qemu_listens = True   # we cannot listen on its filesystem: QEMU serves, we connect
+
+    def __init__(self, entry: HostEntry):
+        self.entry = entry
+        self.name = entry.name
+        self.listen_address = entry.migration_address
+        self.tmp_root = entry.run_root
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+        self._sftp: paramiko.SFTPClient | None = None
+        self._streamlocal: bool | None = None  # None: not tried yet
+        self._staged: dict[tuple, str] = {}
+
+    # ------------------------------------------------------------------ connection
+    @property
+    def transport(self) -> paramiko.Transport:
+        with self._lock:
+            if self._client is None or not self._client.get_transport() \
+                    or not self._client.get_transport().is_active():
+                self._client = self._connect()
+                self._sftp = None
+            return self._client.get_transport()
+
+    def _connect(self) -> paramiko.SSHClient:
+        e = self.entry
+        where = f"host '{e.name}' ({e.user}@{e.address}:{e.port})"
+        client = paramiko.SSHClient()
+        try:
+            client.get_host_keys().load(str(e.known_hosts))
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostError(f"{where}: cannot read known_hosts {e.known_hosts}: {exc}") from None
+        client.set_missing_host_key_policy(_RefuseUnknown(e))
+        try:
+            sock = socket.create_connection((e.address, e.port), timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            raise HostError(f"{where}: cannot connect: {exc.strerror or exc}") from None
+        # Small QMP messages: without NODELAY each waits for Nagle (~40 ms a round trip).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            client.connect(e.address, port=e.port, username=e.user, key_filename=str(e.identity),
+                           sock=sock, allow_agent=False, look_for_keys=False,
+                           timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT,
+                           auth_timeout=CONNECT_TIMEOUT)
+        except HostKeyRefused:
+            sock.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            sock.close()
+            raise HostKeyRefused(
+                f"{where}: host key CHANGED: {e.known_hosts} pins {fingerprint(exc.expected_key)}, "
+                f"the host offered {fingerprint(exc.key)}; refusing (fix known_hosts only if "
+                "the host was really reinstalled)") from None
+        except paramiko.AuthenticationException as exc:
+            sock.close()
+            raise HostError(f"{where}: authentication with {e.identity} failed: {exc}") from None
+        except (paramiko.SSHException, OSError) as exc:
+            sock.close()
+            raise HostError(f"{where}: SSH failed: {exc}") from None
+        # Notice a dead link within seconds rather than at the next write.
+        client.get_transport().set_keepalive(5)
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            self._client = self._sftp = None
+
+    def sftp(self) -> paramiko.SFTPClient:
+        t = self.transport
+        with self._lock:
+            if self._sftp is None:
+                self._sftp = paramiko.SFTPClient.from_transport(t)
+            return self._sftp
+
+    def _exec(self, command: str) -> paramiko.Channel:
+        try:
+            chan = self.transport.open_session(timeout=CONNECT_TIMEOUT)
+            chan.exec_command(command)
+        except paramiko.SSHException as exc:
+            raise HostError(f"host '{self.name}': cannot start a remote command: {exc}") from None
+        return chan
+
+    # ------------------------------------------------------------------ commands
+    def run(self, argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
+        # coreutils timeout on the host: the command dies there, not just our wait.
+        cmd = f"exec timeout -k 2 {math.ceil(timeout)} {shlex.join(argv)}"
+        chan = self._exec(cmd)
+        chan.settimeout(timeout + 5)
+        try:
+            # Blocking reads to EOF wake on the packet itself (no polling delay); stderr
+            # is buffered by paramiko meanwhile (a window's worth, plenty for commands).
+            out = chan.makefile("rb").read()
+            err = chan.makefile_stderr("rb").read()
+            rc = chan.recv_exit_status()
+        except socket.timeout:
+            return 124, "", f"timeout after {timeout}s on {self.name}"
+        finally:
+            chan.close()
+        if rc == 124:
+            err += f"\ntimeout after {timeout}s on {self.name}".encode()
+        return rc, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def check(self, argv: Sequence[str], timeout: float = 30.0) -> str:
+        rc, out, err = self.run(argv, timeout)
+        if rc != 0:
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            raise HostError(f"host '{self.name}': {shlex.join(argv)[:120]} failed ({rc}): {last}")
+        return out
+
+    # ------------------------------------------------------------------ processes
+    def spawn(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
+              stdout: Path, stderr: Path, pass_fds: Sequence[int] = ()) -> Process:
+        if pass_fds:
+            raise HostError(f"host '{self.name}': file descriptors cannot be passed to a remote QEMU")
+        chan = self._exec(f"exec {shlex.quote(self.entry.python)} -c {shlex.quote(SUPERVISOR_SRC)}")
+        spec = {"argv": list(argv), "cwd": str(cwd), "env": dict(env),
+                "stdout": str(Path(cwd) / "stdout.log")}
+        chan.sendall((json.dumps(spec) + "\n").encode())
+        return RemoteProcess(self, chan, tuple(argv), Path(stderr))
+
+    def real_exe(self, pid: int, fallback: str) -> str:
+        rc, out, _ = self.run(["readlink", f"/proc/{pid}/exe"], 10)
+        return out.strip() if rc == 0 and out.strip() else fallback
+
+    # ------------------------------------------------------------------ run dirs, files
+    def make_run_dir(self, prefix: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", prefix)[:24]
+        out = self.check(["mktemp", "-d", f"{self.tmp_root}/qmh-{safe}-XXXXXX"])
+        return Path(out.strip())   # mktemp -d makes it 0700
+
+    def remove_run_dir(self, path: Path) -> None:
+        if not path.name.startswith("qmh-") or str(path.parent) != self.tmp_root:
+            raise HostError(f"refusing to remove {self.name}:{path}: not a harness run dir")
+        self.run(["rm", "-rf", "--", str(path)], 60)
+
+    def stage_file(self, local: Path) -> Path:
+        """Copy a guest image to the host once (content-addressed); return its path there."""
+        st = local.stat()
+        key = (str(local), st.st_size, st.st_mtime_ns)
+        if key in self._staged:
+            return Path(self._staged[key])
+        digest = hashlib.sha256(local.read_bytes()).hexdigest()[:16]
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", local.name)
+        rdir = f"{self.tmp_root}/qmh-images"
+        remote = f"{rdir}/{digest}-{name}"
+        sftp = self.sftp()
+        try:
+            if sftp.stat(remote).st_size != st.st_size:
+                raise FileNotFoundError(remote)
+        except (FileNotFoundError, IOError):
+            self.check(["mkdir", "-p", "-m", "700", rdir])
+            tmp = f"{remote}.{os.getpid()}.{threading.get_ident()}.part"
+            sftp.put(str(local), tmp)
+            sftp.posix_rename(tmp, remote)   # atomic: parallel workers may race here
+        self._staged[key] = remote
+        return Path(remote)
+
+    def put_file(self, local: Path, path: Path, mode: int = 0o600) -> None:
+        sftp = self.sftp()
+        parent = str(Path(path).parent)
+        try:
+            sftp.stat(parent)
+        except IOError:
+            self.check(["mkdir", "-p", "-m", "700", "--", parent])
+        sftp.put(str(local), str(path))
+        sftp.chmod(str(path), mode)
+
+    def read_file(self, path: Path) -> bytes:
+        try:
+            with self.sftp().open(str(path), "rb") as f:
+                f.prefetch()
+                return f.read()
+        except IOError as exc:
+            raise HostError(f"host '{self.name}': cannot read {path}: {exc}") from None
+
+    def remove_file(self, path: Path) -> None:
+        self.run(["rm", "-f", "--", str(path)], 30)
+
+    def take_file(self, src: Path, dst: Path) -> None:
+        """Move a (sparse, mostly zero) core here: gzip on the host, holes kept locally."""
+        chan = self._exec(f"exec gzip -1 -c -- {shlex.quote(str(src))}")
+        d = zlib.decompressobj(wbits=31)
+        with open(dst, "wb") as f:
+            while True:
+                data = chan.recv(1 << 20)
+                if not data:
+                    break
+                _write_sparse(f, d.decompress(data))
+            _write_sparse(f, d.flush())
+            f.truncate(f.tell())
+        rc = chan.recv_exit_status()
+        chan.close()
+        if rc != 0:
+            raise HostError(f"host '{self.name}': cannot fetch {src} (gzip exit {rc})")
+        self.remove_file(src)
+
+    # ------------------------------------------------------------------ sockets
+    def connect_unix(self, path: Path, deadline: float,
+                     alive: Callable[[], bool]) -> socket.socket | None:
+        """Connect to a UNIX socket on the host (retrying until QEMU listens)."""
+        while True:
+            chan = self._try_open_unix(str(path))
+            if chan is not None:
+                return bridge(chan, f"{self.name}:{path.name}")
+            if time.monotonic() > deadline or not alive():
+                return None
+            time.sleep(0.02)
+
+    def _try_open_unix(self, path: str) -> paramiko.Channel | None:
+        if self._streamlocal is not False:
+            try:
+                chan = open_streamlocal(self.transport, path)
+                self._streamlocal = True
+                return chan
+            except paramiko.ChannelException as exc:
+                if exc.code != paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
+                    return None   # not listening yet
+                self._streamlocal = False   # sshd forbids it: socat from now on
+        q = shlex.quote(path)
+        chan = self._exec(f"[ -S {q} ] || exit 3; exec socat - UNIX-CONNECT:{q}")
+        time.sleep(0.01)
+        if chan.exit_status_ready():
+            chan.close()
+            return None
+        return chan
+
+
+def open_streamlocal(transport: paramiko.Transport, path: str,
+                     timeout: float = CONNECT_TIMEOUT) -> paramiko.Channel:
+    """A direct-streamlocal@openssh.com channel (what `ssh -L local:/remote.sock` uses).
+
+    paramiko has no API for it (it only writes addresses for direct-tcpip), so this
+    mirrors Transport.open_channel with the streamlocal payload: socket path,
+    reserved string, reserved uint32. Tested against paramiko 5.x internals.
+    """
+    from paramiko.channel import Channel
+    from paramiko.common import cMSG_CHANNEL_OPEN
+    from paramiko.message import Message
+
+    if not transport.is_active():
+        raise paramiko.SSHException("SSH session not active")
+    with transport.lock:
+        window = transport._sanitize_window_size(None)
+        packet = transport._sanitize_packet_size(None)
+        chanid = transport._next_channel()
+        m = Message()
+        m.add_byte(cMSG_CHANNEL_OPEN)
+        m.add_string("direct-streamlocal@openssh.com")
+        m.add_int(chanid)
+        m.add_int(window)
+        m.add_int(packet)
+        m.add_string(path)
+        m.add_string("")
+        m.add_int(0)
+        chan = Channel(chanid)
+        transport._channels.put(chanid, chan)
+        transport.channel_events[chanid] = event = threading.Event()
+        transport.channels_seen[chanid] = True
+        chan._set_transport(transport)
+        chan._set_window(window, packet)
+    transport._send_user_message(m)
+    if not event.wait(timeout) or not transport.is_active():
+        raise transport.get_exception() or paramiko.SSHException("Timeout opening channel.")
+    chan = transport._channels.get(chanid)
+    if chan is None:
+        raise transport.get_exception() or paramiko.SSHException("Unable to open channel.")
+    return chan
+
+
+def bridge(chan: paramiko.Channel, name: str) -> socket.socket:
+    """A local socket whose peer end is pumped to/from the SSH channel.
+
+    qemu.qmp (asyncio) and SerialConsole need a real socket with a file descriptor.
+    """
+    ours, theirs = socket.socketpair()
+    done = []
+
+    def finish():
+        done.append(1)
+        if len(done) == 2:
+            chan.close()
+            ours.close()
+
+    def up():   # local -> remote
+        try:
+            while data := ours.recv(65536):
+                chan.sendall(data)
+            chan.shutdown_write()
+        except (OSError, paramiko.SSHException):
+            pass
+        finish()
+
+    def down():  # remote -> local
+        try:
+            while data := chan.recv(65536):
+                ours.sendall(data)
+        except (OSError, paramiko.SSHException):
+            pass
+        try:
+            ours.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finish()
+
+    threading.Thread(target=up, name=f"ssh-up-{name}", daemon=True).start()
+    threading.Thread(target=down, name=f"ssh-down-{name}", daemon=True).start()
+    return theirs
+
+
+def _write_sparse(f, data: bytes, block: int = 65536) -> None:
+    zero = bytes(block)
+    for off in range(0, len(data), block):
+        chunk = data[off:off + block]
+        if chunk == zero[:len(chunk)]:
+            f.seek(len(chunk), os.SEEK_CUR)
+        else:
+            f.write(chunk)
+
+
+class RemoteProcess(Process):
+    """A QEMU under the remote supervisor; stderr streams into the local artifact."""
+
+    def __init__(self, host: SSHHost, chan: paramiko.Channel, argv: tuple[str, ...], stderr: Path):
+        self.host = host
+        self.argv = argv
+        self._chan = chan
+        self._stderr = open(stderr, "ab", buffering=0)
+        self._send_lock = threading.Lock()
+        self._started = threading.Event()
+        self._exited = threading.Event()
+        self.returncode: int | None = None
+        self._err_buf = b""
+        self.core_dumped = False
+        self.pid = -1
+        threading.Thread(target=self._reader, name=f"ssh-proc-{host.name}", daemon=True).start()
+        if not self._started.wait(SPAWN_TIMEOUT) or self.pid < 0:
+            why = self._supervisor_error() or f"no PID within {SPAWN_TIMEOUT:.0f}s"
+            chan.close()
+            raise HostError(f"host '{host.name}': cannot start {argv[0]}: {why}")
+
+    def _reader(self) -> None:
+        f = self._chan.makefile("rb")
+        try:
+            for line in f:
+                msg = json.loads(line)
+                if "err" in msg:
+                    self._err_buf += msg["err"].encode("latin-1")
+                    head, _, self._err_buf = self._err_buf.rpartition(b"\n")
+                    if head:
+                        self._stderr.write(_WAITING_RX.sub(b"", head + b"\n"))
+                elif "pid" in msg:
+                    self.pid = msg["pid"]
+                    self._started.set()
+                elif "exit" in msg:
+                    self.returncode = msg["exit"]
+                    self.core_dumped = msg["core_dumped"]
+                    break
+        except (OSError, ValueError, paramiko.SSHException):
+            pass
+        if self._err_buf:
+            self._stderr.write(self._err_buf)
+        if self.returncode is None and self.pid > 0:
+            # Session lost before an exit report: the supervisor's watchdog killed QEMU.
+            self._stderr.write(f"harness: SSH session to {self.host.name} lost; the remote "
+                               "watchdog killed QEMU\n".encode())
+            self.returncode = -9
+        self._stderr.close()
+        self._chan.close()
+        self._started.set()
+        self._exited.set()
+
+    def _supervisor_error(self) -> str:
+        try:
+            err = self._chan.recv_stderr(65536).decode(errors="replace").strip()
+        except (OSError, paramiko.SSHException):
+            return ""
+        return (err.splitlines() or [""])[-1]
+
+    def poll(self) -> int | None:
+        return self.returncode if self._exited.is_set() else None
+
+    def wait(self, timeout: float) -> int | None:
+        self._exited.wait(max(0.0, timeout))
+        return self.poll()
+
+    def _send(self, msg: dict) -> None:
+        if self._exited.is_set():
+            return
+        with self._send_lock:
+            try:
+                self._chan.sendall((json.dumps(msg) + "\n").encode())
+            except (OSError, paramiko.SSHException):
+                pass
+
+    def send_signal(self, sig: int) -> None:
+        self._send({"signal": int(sig)})
+
+    def kill_group(self, sig: int = 9) -> None:
+        self._send({"signal": int(sig), "group": True})
