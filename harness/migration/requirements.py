@@ -183,6 +183,22 @@ class NoRdmaDevice:
 
 
 @dataclass(frozen=True)
+class MigrationLink:
+    """Real link faults act on the destination host's migration interface, which only
+    an inventory host declares (a local run would cut this machine's own network)."""
+
+    def check(self, env: Env) -> str | None:
+        entry = getattr(env.dst_host, "entry", None)
+        if entry is None:
+            return "needs --inventory: a remote destination host whose migration link can be cut"
+        if not entry.migration_interface:
+            return f"inventory host '{entry.name}' declares no migration_interface"
+        if env.src_host is env.dst_host:
+            return "source and destination on one host: cutting its link cuts nothing between them"
+        return None
+
+
+@dataclass(frozen=True)
 class DirectIO:
     """direct-io (O_DIRECT) on the filesystem that holds the run dirs (where file
     migrations write). tmpfs before Linux 6.6 and some overlay setups refuse it."""

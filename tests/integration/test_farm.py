@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -79,8 +78,11 @@ def ip_json(*args: str) -> list:
     return json.loads(out) if out.strip() else []
 
 
+OUR_LINK_PREFIXES = (f"{PREFIX}-", f"{PREFIX}m-", f"{PREFIX}g-")    # not another worker's qmt1-...
+
+
 def our_links() -> list[str]:
-    return [l["ifname"] for l in ip_json("link") if l["ifname"].startswith(PREFIX)]
+    return [l["ifname"] for l in ip_json("link") if l["ifname"].startswith(OUR_LINK_PREFIXES)]
 
 
 def our_netns() -> list[str]:
@@ -107,17 +109,28 @@ def gone(pid: int, cfg_marker: str, timeout: float = 5.0) -> bool:
         time.sleep(0.05)
 
 
+def _owner_alive(farm_dir: Path) -> int | None:
+    """The pid of the live pytest that made the farm in farm_dir, if any."""
+    try:
+        pid = int((farm_dir.parent / "farm.owner").read_text())
+        return pid if b"pytest" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
+    except (OSError, ValueError):
+        return None
+
+
 @pytest.fixture
-def farm_dir(tmp_path, tmp_path_factory):
+def farm_dir(tmp_path):
     """A DIR for this test's farm; `ci/farm down` always runs afterwards."""
     bridge = next((l for l in ip_json("link") if l["ifname"] == f"{PREFIX}-mgmt0"), None)
     if bridge is not None:
-        owner = bridge.get("ifalias", "")[len(ALIAS_TAG):]
-        pytest_root = tmp_path_factory.getbasetemp().parent    # /tmp/pytest-of-<user>
-        if owner and (not Path(owner).exists() or Path(owner).is_relative_to(pytest_root)):
-            ok(farm("down", dir=Path(owner)))                   # a crashed earlier run's farm
-        else:
-            pytest.skip(f"prefix {PREFIX} is in use by a farm in {owner or '(unknown)'}")
+        alias = bridge.get("ifalias", "")
+        owner = Path(alias[len(ALIAS_TAG):]) if alias.startswith(ALIAS_TAG) else None
+        if owner is None or not owner.name == "farm":
+            pytest.skip(f"prefix {PREFIX} is in use by something else ({PREFIX}-mgmt0 alias {alias!r})")
+        if (pid := _owner_alive(owner)) is not None:
+            pytest.skip(f"prefix {PREFIX} is in use by a concurrent test run (pytest pid {pid}, {owner})")
+        ok(farm("down", dir=owner))     # left behind by a killed run
+    (tmp_path / "farm.owner").write_text(str(os.getpid()))
     d = tmp_path / "farm"
     yield d
     p = farm("down", dir=d)
@@ -331,7 +344,7 @@ def test_down_leaves_nothing_and_twice_is_fine(up):
     for pid in pids:
         assert gone(pid, "sshd_config"), f"sshd {pid} survived down"
     assert gone(stray[0], "sleep"), "a process inside the namespace survived down"
-    assert not any(r.get("dev", "").startswith(PREFIX) for r in ip_json("route"))
+    assert not any(r.get("dev", "").startswith(OUR_LINK_PREFIXES) for r in ip_json("route"))
 
     again = farm("down", dir=d)
     assert ok(again).strip() == f"farm down: nothing is up (prefix {PREFIX}, dir {d})"

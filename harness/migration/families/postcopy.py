@@ -4,7 +4,7 @@ Recovery breaks the channel three ways (migrate-pause on the source, on the
 destination, on both; a userspace proxy in the path cutting every connection)
 and runs qtest's double failures; see harness/migration/flows/postcopy.py.
 """
-from harness.migration.requirements import BelowVersion, MinVersion, Userfaultfd
+from harness.migration.requirements import BelowVersion, MigrationLink, MinVersion, Userfaultfd
 from harness.migration.scenario import Expect, Flow, Result, Scenario
 from harness.qemu.spec import GuestKind
 
@@ -59,6 +59,10 @@ SCENARIOS = (
     recovery("/migration/postcopy/recovery/proxy-cut", **{"break": "proxy-cut"}),
     recovery("/migration/postcopy/recovery/proxy-cut/slow-link",
              proxy={"delay_ms": 5, "throttle": 25_000_000}, **{"break": "proxy-cut"}),
+    recovery("/migration/postcopy/recovery/link-down", requires=(MigrationLink(),),
+             **{"break": "link-down"}),
+    recovery("/migration/postcopy/recovery/link-reject", requires=(MigrationLink(),),
+             **{"break": "link-reject"}),
     recovery("/migration/postcopy/recovery/repeated", cycles=3, **{"break": "proxy-cut"}),
     recovery("/migration/postcopy/recovery/double-failures/handshake",
              requires=(MinVersion(RECOVER_SETUP),), double_failure="handshake",

@@ -17,6 +17,14 @@ to 4 KiB/s the channel is broken (options["break"]):
                        already paused: that refusal is accepted and recorded)
     proxy-cut          the stream runs through harness.faults.proxy.TcpProxy; cut()
                        resets every connection and both sides pause by themselves
+    link-down          the destination host's migration interface goes down (a real
+                       cable pull; remote hosts only): TCP notices nothing, so both
+                       sides are paused with migrate-pause; the link comes back up
+                       before the recovery
+    link-reject        iptables REJECT (tcp-reset) on that interface: the source's next
+                       segment meets a reset and it pauses by itself; the destination
+                       (reading, no keepalive) notices nothing and gets migrate-pause;
+                       the filter is lifted before the recovery
 
 then both sides must reach postcopy-paused; options["double_failure"]
 ("handshake" or "reconnect", as qtest's recovery/double-failures) first
@@ -37,6 +45,7 @@ import socket
 import threading
 import time
 
+from harness.faults.link import LinkFaults
 from harness.faults.proxy import TcpProxy, local_address_towards
 from harness.migration import drivers
 from harness.migration.context import ScenarioContext
@@ -54,7 +63,9 @@ PRECOPY_BYTES = 3_000_000           # precopy progress before switching (qtest: 
 SLOW_POSTCOPY_BANDWIDTH = 4096      # bytes/s: keeps postcopy alive until we break it
 # 7.2: "...only supported during postcopy-active state"; 10.x: "... or postcopy-recover state"
 PAUSE_REFUSAL = "migrate-pause is currently only supported during postcopy-active"
-BREAKS = ("pause-source", "pause-destination", "pause-both", "proxy-cut")
+BREAKS = ("pause-source", "pause-destination", "pause-both", "proxy-cut", "link-down",
+          "link-reject")
+LINK_BREAKS = ("link-down", "link-reject")
 DOUBLE_FAILURES = ("handshake", "reconnect")
 QEMU_VM_COMMAND = b"\x08"           # first byte of a real resume stream
 
@@ -206,10 +217,15 @@ def _run_postcopy(ctx: ScenarioContext, pair: Pair) -> dict:
 class _Path:
     """The source->destination path: direct, or through a TcpProxy we own."""
 
-    def __init__(self, use_proxy: bool, shape: dict):
+    def __init__(self, use_proxy: bool, shape: dict, link: LinkFaults | None = None):
         self.use_proxy = use_proxy
         self.shape = shape
         self.proxies: list[TcpProxy] = []
+        self.link = link   # the destination host's migration link, for link-* breaks
+
+    def heal(self) -> None:
+        if self.link is not None:
+            self.link.restore()
 
     def route(self, uri: str) -> str:
         if not self.use_proxy:
@@ -235,6 +251,16 @@ class _Path:
     def close(self) -> None:
         for p in self.proxies:
             p.stop()
+        self.heal()
+
+
+def migration_link(m: Machine) -> LinkFaults:
+    """Faults on the migration interface of the host m runs on (from the inventory)."""
+    iface = getattr(getattr(m.host, "entry", None), "migration_interface", None)
+    if m.host.is_local or not iface:
+        raise ValueError(f"{m.name}: link faults need an inventory host with a "
+                         f"migration_interface (runs on '{m.host.name}')")
+    return LinkFaults(m.host.run, iface, label=m.host.name)
 
 
 def _inet(uri: str) -> tuple[str, int]:
@@ -261,22 +287,32 @@ def break_channel(pair: Pair, how: str, path: _Path) -> dict:
         return {"source": _pause(src)}
     if how == "pause-destination":
         return {"destination": _pause(dst)}
+    if how == "link-down":
+        path.link.down()
+        return {"link": "down", **_pause_both(src, dst)}
+    if how == "link-reject":
+        path.link.reject()
+        return {"link": "reject"}
     if how == "pause-both":
-        # Both at (nearly) the same instant: whichever lands second may find its
-        # side already paused by the first's broken channel.
-        res: dict = {}
-        t = threading.Thread(target=lambda: res.__setitem__("destination", _pause(dst)))
-        t.start()
-        res["source"] = _pause(src)
-        t.join(30)
-        if t.is_alive():
-            raise MachineFailure(dst.declare_hang(f"{dst.name}: migrate-pause got no reply in 30s"))
-        if "destination" not in res:
-            raise AssertionError(f"{dst.name}: migrate-pause failed (see qmp.jsonl)")
-        return res
+        return _pause_both(src, dst)
     if how == "proxy-cut":
         return {"proxy_cut_connections": path.current.cut()}
     raise ValueError(f"unknown break '{how}' (one of {', '.join(BREAKS)})")
+
+
+def _pause_both(src: Machine, dst: Machine) -> dict:
+    # Both at (nearly) the same instant: whichever lands second may find its
+    # side already paused by the first's broken channel.
+    res: dict = {}
+    t = threading.Thread(target=lambda: res.__setitem__("destination", _pause(dst)))
+    t.start()
+    res["source"] = _pause(src)
+    t.join(30)
+    if t.is_alive():
+        raise MachineFailure(dst.declare_hang(f"{dst.name}: migrate-pause got no reply in 30s"))
+    if "destination" not in res:
+        raise AssertionError(f"{dst.name}: migrate-pause failed (see qmp.jsonl)")
+    return res
 
 
 def wait_both(pair: Pair, status: str, smark: int, dmark: int, timeout: float,
@@ -350,8 +386,9 @@ def run_recovery(ctx: ScenarioContext) -> dict:
     if dbl is not None and dbl not in DOUBLE_FAILURES:
         raise ValueError(f"{s.path}: options['double_failure']={dbl!r} not in {DOUBLE_FAILURES}")
     cycles = int(s.options.get("cycles", 1))
-    path = _Path(how == "proxy-cut", dict(s.options.get("proxy", {})))
     pair = ctx.pair(dst_paused=False)
+    path = _Path(how == "proxy-cut", dict(s.options.get("proxy", {})),
+                 migration_link(pair.dst) if how in LINK_BREAKS else None)
     src, dst = pair.src, pair.dst
     try:
         with peer_exit_noted(dst, src):
@@ -372,8 +409,14 @@ def _recover(ctx: ScenarioContext, pair: Pair, how: str, dbl: str | None, cycles
         smark, dmark = src.qmp.events.mark(), dst.qmp.events.mark()
         t0 = time.monotonic()
         how_done = break_channel(pair, how, path)
+        if how == "link-reject":
+            # The source's next segment meets the reset and it pauses by itself; the
+            # destination only reads and TCP tells it nothing, so it is paused by hand.
+            wait_both(pair, "postcopy-paused", smark, dmark, s.timeout, src_only=True)
+            how_done["destination"] = _pause(dst)
         wait_both(pair, "postcopy-paused", smark, dmark, s.timeout)
         r = {"break": how, "result": how_done, "paused_s": round(time.monotonic() - t0, 3)}
+        path.heal()   # the link comes back before the recovery
         if dbl:
             r["double_failure"] = {dbl: double_failure(pair, dbl, s.timeout)}
         smark, dmark = src.qmp.events.mark(), dst.qmp.events.mark()
