@@ -173,7 +173,9 @@ def _place(request, fleet, stamp: str):
     try:
         placement = fleet.place(one_host=_one_host(request), seed=seed)
     except HostError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        placement, error = None, str(exc)
+    if placement is None:
+        pytest.fail(error, pytrace=False)   # outside the except: no chained traceback
     for h in {placement.src, placement.dst}:
         reason = fleet.facts(h).blocking_reason()
         if reason:
@@ -327,6 +329,15 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+def _exists_on(host, path: Path) -> bool:
+    if host.is_local:
+        return path.exists()
+    try:
+        return host.run(["test", "-e", str(path)], 10)[0] == 0
+    except HostError:
+        return False   # host unreachable: its supervisors' watchdogs clean up
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Leak check: every QEMU this session started must be gone, every run dir removed."""
     leaks = []
@@ -336,8 +347,8 @@ def pytest_sessionfinish(session, exitstatus):
                 leaks.append(f"QEMU pid {m.pid} ({m.name}) still running")
                 m.proc.kill_group()
                 m.proc.wait(10)
-            if m.run_dir is not None and m.run_dir.exists():
-                leaks.append(f"run dir {m.run_dir} left behind")
+            if m.run_dir is not None and _exists_on(m.host, m.run_dir):
+                leaks.append(f"run dir {m.host.name}:{m.run_dir} left behind")
                 m.host.remove_run_dir(m.run_dir)
     if leaks:
         tr = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -116,19 +116,19 @@ class SSHHost(Host):
                            timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT,
                            auth_timeout=CONNECT_TIMEOUT)
         except HostKeyRefused:
-            sock.close()
+            _abandon(client, sock)
             raise
         except paramiko.BadHostKeyException as exc:
-            sock.close()
+            _abandon(client, sock)
             raise HostKeyRefused(
                 f"{where}: host key CHANGED: {e.known_hosts} pins {fingerprint(exc.expected_key)}, "
                 f"the host offered {fingerprint(exc.key)}; refusing (fix known_hosts only if "
                 "the host was really reinstalled)") from None
         except paramiko.AuthenticationException as exc:
-            sock.close()
+            _abandon(client, sock)
             raise HostError(f"{where}: authentication with {e.identity} failed: {exc}") from None
         except (paramiko.SSHException, OSError) as exc:
-            sock.close()
+            _abandon(client, sock)
             raise HostError(f"{where}: SSH failed: {exc}") from None
         # Notice a dead link within seconds rather than at the next write.
         client.get_transport().set_keepalive(5)
@@ -298,6 +298,12 @@ class SSHHost(Host):
             chan.close()
             return None
         return chan
+
+
+def _abandon(client: paramiko.SSHClient, sock: socket.socket) -> None:
+    """Stop the transport thread before closing its socket (else it prints EBADF)."""
+    client.close()
+    sock.close()
 
 
 def open_streamlocal(transport: paramiko.Transport, path: str,
