@@ -6,6 +6,7 @@ The machine model only talks to a Host, so the same Machine runs locally
 from __future__ import annotations
 
 import abc
+import sys
 import signal
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -45,6 +46,7 @@ class Host(abc.ABC):
     is_local: bool = True        # False: another machine (no fd passing, files must be staged)
     qemu_listens: bool = False   # True: QEMU serves its QMP/serial sockets, we connect
     listen_address: str = "127.0.0.1"   # where this host's QEMU listens for migration
+    python: str = sys.executable         # a Python 3 on the host (small helper scripts)
 
     @abc.abstractmethod
     def spawn(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],

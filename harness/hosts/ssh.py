@@ -34,6 +34,7 @@ from harness.hosts.inventory import HostEntry
 SUPERVISOR_SRC = (Path(__file__).with_name("supervisor.py")).read_text()
 CONNECT_TIMEOUT = 15.0
 SPAWN_TIMEOUT = 20.0
+SOCAT_MARKER = "qmh-socat-connecting"
 
 
 class _QuietRetries(logging.Filter):
@@ -79,6 +80,7 @@ class SSHHost(Host):
         self.name = entry.name
         self.listen_address = entry.migration_address
         self.tmp_root = entry.run_root
+        self.python = entry.python
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
         self._sftp: paramiko.SFTPClient | None = None
@@ -288,15 +290,32 @@ class SSHHost(Host):
                 self._streamlocal = True
                 return chan
             except paramiko.ChannelException as exc:
-                if exc.code != paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
+                # OpenSSH answers 'Connect failed' both when nobody listens yet and when
+                # AllowStreamLocalForwarding is off; until one channel has worked, an
+                # existing socket tells the two apart.
+                forbidden = exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED \
+                    or (self._streamlocal is None and self.run(["test", "-S", path], 10)[0] == 0)
+                if not forbidden:
                     return None   # not listening yet
                 self._streamlocal = False   # sshd forbids it: socat from now on
         q = shlex.quote(path)
-        chan = self._exec(f"[ -S {q} ] || exit 3; exec socat - UNIX-CONNECT:{q}")
-        time.sleep(0.01)
-        if chan.exit_status_ready():
+        # QEMU binds and listens in one go, so an existing socket accepts; the marker
+        # line tells us the check passed (the shell's rc files may take a while).
+        chan = self._exec(f"[ -S {q} ] || exit 3; echo {SOCAT_MARKER}; exec socat - UNIX-CONNECT:{q}")
+        chan.settimeout(CONNECT_TIMEOUT)
+        got = b""
+        try:
+            while not got.endswith(b"\n"):
+                data = chan.recv(1)
+                if not data:
+                    break
+                got += data
+        except socket.timeout:
+            pass
+        if got != SOCAT_MARKER.encode() + b"\n":
             chan.close()
             return None
+        chan.settimeout(None)
         return chan
 
 

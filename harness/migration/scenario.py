@@ -123,6 +123,19 @@ class Scenario:
         object.__setattr__(self, "tiers", frozenset(self.tiers))
 
     @property
+    def local_only(self) -> str | None:
+        """Why this scenario needs its QEMUs on the controller itself, or None."""
+        if self.transport is Transport.FD or self.options.get("fdset"):
+            return "hands QEMU file descriptors opened here (SCM_RIGHTS)"
+        if self.options.get("double_failure"):
+            return "its double failures hand socketpairs to QEMU over SCM_RIGHTS"
+        if self.flow is Flow.CPR_TRANSFER:
+            return "cpr-transfer watches its UNIX sockets in a directory here"
+        if self.flow is Flow.COLO:
+            return "the COLO setup (disk images, NBD and filter sockets) is built here"
+        return None
+
+    @property
     def needs_one_host(self) -> bool:
         """Both QEMUs share files or descriptors: placed on one host (see hosts.placement)."""
         return (self.transport in _ONE_HOST_TRANSPORTS or self.flow in _ONE_HOST_FLOWS

@@ -110,7 +110,10 @@ def incoming(transport: Transport, src: Machine, dst: Machine, *, host: str | No
     if transport is Transport.EXEC:
         assert dst.run_dir is not None
         fifo = Path(dst.run_dir) / "migrate.fifo"
-        os.mkfifo(fifo, 0o600)
+        if dst.host.is_local:
+            os.mkfifo(fifo, 0o600)
+        else:   # the FIFO lives where both QEMUs run (exec scenarios are placed on one host)
+            dst.host.check(["mkfifo", "-m", "600", "--", str(fifo)])
         q = shlex.quote(str(fifo))
         dst.cmd("migrate-incoming", {"uri": f"exec:cat {q}", **extra})
         return Target(transport, uri=f"exec:cat > {q}")

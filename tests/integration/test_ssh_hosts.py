@@ -263,3 +263,53 @@ def test_postcopy_recovers_after_real_link_cut_across_hosts(tmp_path, farm):
                             "--place", "beta:alpha")
     assert cp.returncode == 0 and "2 passed" in out, out[-4000:]
     assert not qemu_pids_in_farm(farm)
+
+
+# ------------------------------------------------------------------ socat fallback, hangs
+@pytest.fixture
+def alpha_without_streamlocal(tmp_path, farm):
+    """A second sshd on alpha (port 2222) with AllowStreamLocalForwarding no."""
+    a = farm.host("alpha")
+    cfg_dir = FARM_DIR / "hosts" / "alpha"
+    cfg = tmp_path / "sshd_config"
+    pidfile = tmp_path / "sshd.pid"
+    lines = [l for l in (cfg_dir / "sshd_config").read_text().splitlines()
+             if not l.startswith(("Port ", "PidFile ", "AllowStreamLocalForwarding", "StrictModes"))]
+    cfg.write_text("\n".join(lines + ["Port 2222", f"PidFile {pidfile}",
+                                      "AllowStreamLocalForwarding no", "StrictModes no"]) + "\n")
+    subprocess.run(["ip", "netns", "exec", a.netns, "/usr/sbin/sshd", "-f", str(cfg),
+                    "-E", str(tmp_path / "sshd.log")], check=True, timeout=30)
+    key = next(l for l in a.known_hosts.read_text().splitlines() if l.startswith(a.address + " "))
+    kh = tmp_path / "known_hosts"
+    kh.write_text(key.replace(a.address, f"[{a.address}]:2222", 1) + "\n")
+    from dataclasses import replace
+    deadline = time.monotonic() + 10
+    while not pidfile.exists():
+        assert time.monotonic() < deadline, (tmp_path / "sshd.log").read_text()
+        time.sleep(0.05)
+    yield replace(a, port=2222, known_hosts=kh)
+    os.kill(int(pidfile.read_text()), signal.SIGTERM)
+
+
+def test_qmp_falls_back_to_socat_when_sshd_forbids_streamlocal(tmp_path, alpha_without_streamlocal):
+    h = SSHHost(alpha_without_streamlocal)
+    run = TestRun(tmp_path / "art", placement=Placement(h, h))
+    m = run.machine(spec("vm"))
+    assert h._streamlocal is False            # refused once, then socat every time
+    assert m.cmd("query-status")["status"] == "running"
+    assert m.serial.wait_for(rb"AB", time.monotonic() + 30) is not None
+    run.finish()
+    h.close()
+
+
+def test_remote_hang_dump_has_gdb_threads_from_the_host(tmp_path, farm):
+    a = SSHHost(farm.host("alpha"))
+    run = TestRun(tmp_path / "art", placement=Placement(a, a))
+    m = run.machine(spec("vm"))
+    outcome = m.declare_hang("test: pretend a deadline passed")
+    assert outcome.kind is OutcomeKind.HANG
+    bt = (tmp_path / "art/vm/hang-backtrace.txt").read_text()
+    assert "Thread" in bt and "main" in bt
+    assert '"status": "running"' in (tmp_path / "art/vm/hang.json").read_text()
+    run.abort()
+    a.close()

@@ -41,6 +41,8 @@ def scenario_env(harness_config, qemu_accel, harness_run, harness_fleet) -> requ
 @pytest.fixture
 def run_catalog_scenario(request, scenario, scenario_env, harness_run, base_spec, harness_config):
     """Skip (with reason) or xfail (strict, with bug URL) as declared, then run it."""
+    if scenario_env.src_host is not None and scenario.local_only:
+        pytest.skip(f"{scenario.path}: local only with --inventory: {scenario.local_only}")
     reason = requirements.unmet(scenario.requires, scenario_env)
     if reason:
         pytest.skip(f"{scenario.path}: {reason}")

@@ -76,14 +76,17 @@ def test_gitlab_example_is_valid_and_complete():
     assert rep["script"][-1].startswith(".venv/bin/harness report ")
     for job in ("smoke", "full", "report"):
         assert doc[job]["artifacts"]["when"] == "always"
-    assert "farm" not in doc and "# farm:" in GITLAB.read_text() and "LATER" in GITLAB.read_text()
+    farm = doc["farm"]
+    assert farm["tags"] == ["qemu-farm"] and farm["artifacts"]["when"] == "always"
+    assert "hosts check --connect farm.toml" in farm["script"][1]
+    assert "--inventory farm.toml" in farm["script"][-1]
 
 
 def test_github_example_is_valid_and_complete():
     doc = yaml.safe_load(GITHUB.read_text())
     on = doc.get("on", doc.get(True))            # YAML 1.1 reads a bare `on` as true
     assert "schedule" in on and "workflow_dispatch" in on
-    (job,) = doc["jobs"].values()
+    job = doc["jobs"]["nightly"] if "nightly" in doc["jobs"] else next(iter(doc["jobs"].values()))
     runs = [s.get("run", "") for s in job["steps"]]
     assert "ci/setup" in runs and "ci/smoke" in runs
     assert any("-m full -n 2" in r for r in runs)
@@ -91,7 +94,9 @@ def test_github_example_is_valid_and_complete():
     after_smoke = job["steps"][[s.get("id") for s in job["steps"]].index("smoke") + 1:]
     assert all(s.get("if") == "${{ !cancelled() }}" for s in after_smoke)  # report after failures
     assert any(s.get("uses", "").startswith("actions/upload-artifact") for s in job["steps"])
-    assert "farm" not in doc["jobs"] and "# farm:" in GITHUB.read_text()
+    farm_runs = [s.get("run", "") for s in doc["jobs"]["farm"]["steps"]]
+    assert any("--inventory farm.toml" in r for r in farm_runs)
+    assert any(r.startswith(".venv/bin/harness hosts check --connect") for r in farm_runs)
 
 
 @pytest.mark.parametrize("path,extract", [(GITLAB, gitlab_commands), (GITHUB, github_commands)],

@@ -68,3 +68,13 @@ def test_auto_accel_must_be_resolved_before_argv():
 def test_guest_files_must_be_resolved():
     with pytest.raises(SpecError, match="bootblock guest"):
         build_argv(MachineSpec(binary="q"), RUN, GuestFiles())
+
+
+def test_remote_qemu_serves_its_sockets_and_waits_for_us():
+    argv = build_argv(MachineSpec(binary="/q/qemu", extra_monitors=1),
+                      RunPaths(Path("/tmp/qmh-x"), qemu_listens=True), BB)
+    chardevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-chardev"]
+    assert chardevs == ["socket,id=qmp0,path=/tmp/qmh-x/qmp.sock,server=on,wait=on",
+                        "socket,id=qmp1,path=/tmp/qmh-x/qmp1.sock,server=on,wait=on",
+                        "socket,id=serial0,path=/tmp/qmh-x/serial.sock,server=on,wait=on"]
+    assert "server=on" not in " ".join(argv_of())   # locally QEMU connects to us

@@ -85,7 +85,8 @@ def run_cpr_reboot(ctx: ScenarioContext) -> dict:
     s = ctx.scenario
     shared = bool(s.options.get("shared_ram", True))
     mib = ctx.spec.memory_mib
-    work = _private_dir("cpr-reboot")
+    host = ctx.run.placement.src   # cpr-reboot is one host by nature (needs_one_host)
+    work = _private_dir("cpr-reboot") if host.is_local else host.make_run_dir("cpr-reboot")
     try:
         mem: tuple[str, ...] = ()
         caps = dict(s.caps)
@@ -111,11 +112,11 @@ def run_cpr_reboot(ctx: ScenarioContext) -> dict:
         wait_runstate(src, {"postmigrate"}, s.timeout)
         info = src.cmd("query-migrate")
         size = mib << 20
-        src_ram = integrity.dump_memory(src, 0, size, "ram-src")
+        src_ram = integrity.page_summary(src, 0, size, "ram-src")
         out = src.shutdown()  # the old QEMU is gone before the new one starts
         if out.is_failure:
             raise MachineFailure(out)
-        state_bytes = (work / "vm.state").stat().st_size
+        state_bytes = _file_size(host, work / "vm.state")
 
         dst = ctx.run.machine(dst_spec)
         tuning.set_capabilities(dst, caps)
@@ -126,8 +127,8 @@ def run_cpr_reboot(ctx: ScenarioContext) -> dict:
         wait_status(dst, {"completed"}, since=dmark, timeout=s.timeout)
         load_s = time.monotonic() - t0
         wait_runstate(dst, {"paused", "prelaunch"}, s.timeout)
-        dst_ram = integrity.dump_memory(dst, 0, size, "ram-dst")
-        rep = integrity.compare_pages(src_ram, dst_ram)
+        dst_ram = integrity.page_summary(dst, 0, size, "ram-dst")
+        rep = integrity.compare_summaries(src_ram, dst_ram)
         del src_ram, dst_ram
         tolerated = dst.spec.smp if dst.spec.accel == "kvm" else 0
         if len(rep.differing_pages) > tolerated:
@@ -147,7 +148,19 @@ def run_cpr_reboot(ctx: ScenarioContext) -> dict:
         write_metrics(ctx.run.artifacts / "metrics.json", {"integrity": proof})
         return {"metrics": metrics.to_dict(), "integrity": proof}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if host.is_local:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            host.remove_run_dir(work)
+
+
+def _file_size(host, path: Path) -> int:
+    if host.is_local:
+        return path.stat().st_size
+    rc, out, err = host.run(["stat", "-c", "%s", "--", str(path)], 30)
+    if rc != 0:
+        raise AssertionError(f"no state file {host.name}:{path}: {err.strip()}")
+    return int(out)
 
 
 def _prove_running(dst: Machine, timeout: float, resume: bool = False) -> dict:
