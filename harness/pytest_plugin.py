@@ -25,6 +25,7 @@ _run_key = pytest.StashKey[TestRun]()
 _failed_key = pytest.StashKey[bool]()
 _session_runs_key = pytest.StashKey[list]()
 _runs_key = pytest.StashKey[int]()
+_placements_key = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser):
@@ -169,7 +170,10 @@ def _one_host(request) -> bool:
 
 def _place(request, fleet, stamp: str):
     """Slots on inventory hosts for this test, and a skip if preflight rules a host out."""
-    seed = f"{request.config.option.hammer_seed}:{request.node.nodeid}:{time.monotonic_ns()}"
+    # Seeded like malloc_perturb (session seed, test id, round): a replay places alike.
+    n = request.node.stash.get(_placements_key, 0)
+    request.node.stash[_placements_key] = n + 1
+    seed = f"{request.config.option.hammer_seed}:{request.node.nodeid}:{n}"
     try:
         placement = fleet.place(one_host=_one_host(request), seed=seed)
     except HostError as exc:

@@ -17,9 +17,10 @@ import logging
 import math
 import os
 import re
-import select
+import secrets
 import shlex
 import socket
+import stat
 import threading
 import time
 import zlib
@@ -195,20 +196,48 @@ class SSHHost(Host):
         chan.sendall((json.dumps(spec) + "\n").encode())
         return RemoteProcess(self, chan, tuple(argv), Path(stderr))
 
+    # File operations go over SFTP where they can: sshd serves it without starting the
+    # user's login shell, whose rc files may cost 100 ms per exec (pyenv here).
     def real_exe(self, pid: int, fallback: str) -> str:
-        rc, out, _ = self.run(["readlink", f"/proc/{pid}/exe"], 10)
-        return out.strip() if rc == 0 and out.strip() else fallback
+        try:
+            return self.sftp().readlink(f"/proc/{pid}/exe") or fallback
+        except IOError:
+            return fallback
 
     # ------------------------------------------------------------------ run dirs, files
     def make_run_dir(self, prefix: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", prefix)[:24]
-        out = self.check(["mktemp", "-d", f"{self.tmp_root}/qmh-{safe}-XXXXXX"])
-        return Path(out.strip())   # mktemp -d makes it 0700
+        sftp = self.sftp()
+        for _ in range(20):
+            path = f"{self.tmp_root}/qmh-{safe}-{secrets.token_hex(4)}"
+            try:
+                sftp.mkdir(path, 0o700)   # fails if it exists: the name is ours alone
+            except IOError:
+                continue
+            sftp.chmod(path, 0o700)       # mkdir's mode is filtered by the server's umask
+            return Path(path)
+        raise HostError(f"host '{self.name}': cannot create a run dir in {self.tmp_root}")
 
     def remove_run_dir(self, path: Path) -> None:
         if not path.name.startswith("qmh-") or str(path.parent) != self.tmp_root:
             raise HostError(f"refusing to remove {self.name}:{path}: not a harness run dir")
-        self.run(["rm", "-rf", "--", str(path)], 60)
+        try:
+            self._sftp_rmtree(self.sftp(), str(path))
+        except IOError:   # something SFTP cannot remove (odd permissions): the shell can
+            self.run(["rm", "-rf", "--", str(path)], 60)
+
+    def _sftp_rmtree(self, sftp: paramiko.SFTPClient, path: str) -> None:
+        try:
+            entries = sftp.listdir_attr(path)
+        except FileNotFoundError:
+            return
+        for e in entries:
+            child = f"{path}/{e.filename}"
+            if stat.S_ISDIR(e.st_mode):
+                self._sftp_rmtree(sftp, child)
+            else:
+                sftp.remove(child)
+        sftp.rmdir(path)
 
     def stage_file(self, local: Path) -> Path:
         """Copy a guest image to the host once (content-addressed); return its path there."""
@@ -251,7 +280,10 @@ class SSHHost(Host):
             raise HostError(f"host '{self.name}': cannot read {path}: {exc}") from None
 
     def remove_file(self, path: Path) -> None:
-        self.run(["rm", "-f", "--", str(path)], 30)
+        try:
+            self.sftp().remove(str(path))
+        except FileNotFoundError:
+            pass
 
     def take_file(self, src: Path, dst: Path) -> None:
         """Move a (sparse, mostly zero) core here: gzip on the host, holes kept locally."""
@@ -283,6 +315,12 @@ class SSHHost(Host):
                 return None
             time.sleep(0.02)
 
+    def _is_socket(self, path: str) -> bool:
+        try:
+            return stat.S_ISSOCK(self.sftp().stat(path).st_mode)
+        except IOError:
+            return False
+
     def _try_open_unix(self, path: str) -> paramiko.Channel | None:
         if self._streamlocal is not False:
             try:
@@ -294,7 +332,7 @@ class SSHHost(Host):
                 # AllowStreamLocalForwarding is off; until one channel has worked, an
                 # existing socket tells the two apart.
                 forbidden = exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED \
-                    or (self._streamlocal is None and self.run(["test", "-S", path], 10)[0] == 0)
+                    or (self._streamlocal is None and self._is_socket(path))
                 if not forbidden:
                     return None   # not listening yet
                 self._streamlocal = False   # sshd forbids it: socat from now on

@@ -131,8 +131,6 @@ class Scenario:
             return "its double failures hand socketpairs to QEMU over SCM_RIGHTS"
         if self.flow is Flow.CPR_TRANSFER:
             return "cpr-transfer watches its UNIX sockets in a directory here"
-        if self.flow is Flow.COLO:
-            return "the COLO setup (disk images, NBD and filter sockets) is built here"
         return None
 
     @property

@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -81,11 +80,12 @@ class ColoSetup:
         # reconnect-ms arrived in 9.2 and 'reconnect' was deprecated then.
         return "reconnect-ms=1000" if tuple(version) >= (9, 2, 0) else "reconnect=1"
 
-    def make_images(self, qemu_img: str) -> None:
+    def make_images(self, host, qemu_img: str) -> None:
+        """On the host both QEMUs run on (COLO scenarios are placed on one host)."""
         for name in ("primary.qcow2", "secondary-active.qcow2", "secondary-hidden.qcow2"):
-            _run([qemu_img, "create", "-q", "-f", "qcow2", self.p(name), DISK_SIZE])
+            _run(host, [qemu_img, "create", "-q", "-f", "qcow2", self.p(name), DISK_SIZE])
         # "primary.qcow2 needs to be copied to all hosts": the secondary's parent.
-        shutil.copyfile(self.p("primary.qcow2"), self.p("secondary-parent.qcow2"))
+        _run(host, ["cp", "--", self.p("primary.qcow2"), self.p("secondary-parent.qcow2")])
 
     def nic(self) -> tuple[str, ...]:
         return ("-netdev", "user,id=hn0,restrict=on",
@@ -136,14 +136,20 @@ class ColoSetup:
         return self.p("nbd.sock")
 
 
-def _run(argv: list[str]) -> None:
-    cp = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    if cp.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {cp.stderr.strip()[-300:]}")
+def _run(host, argv: list[str]) -> None:
+    rc, _out, err = host.run(argv, 60)
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed on {host.name}: {err.strip()[-300:]}")
 
 
-def qemu_img_for(binary: str) -> str:
+def qemu_img_for(binary: str, host=None) -> str:
     """The qemu-img beside the binary (a build dir), else PATH's (any version: qcow2 is stable)."""
+    if host is not None and not host.is_local:
+        rc, out, _ = host.run(["sh", "-c", 'd=$(dirname "$1"); if [ -x "$d/qemu-img" ]; then '
+                               'echo "$d/qemu-img"; else command -v qemu-img; fi', "sh", binary], 30)
+        if rc != 0 or not out.strip():
+            raise RuntimeError(f"qemu-img not found on host '{host.name}' (install qemu-utils)")
+        return out.strip()
     cand = Path(binary).parent / "qemu-img"
     if cand.is_file() and cand.stat().st_mode & 0o111:
         return str(cand)
@@ -296,9 +302,11 @@ def run(ctx: ScenarioContext) -> dict:
     delay_ms = int(s.options.get("checkpoint_delay_ms", 300))
     work = ctx.run.host.make_run_dir("colo")
     try:
-        setup = ColoSetup(work, probe(ctx.src_binary).version_tuple,
-                          probe(ctx.dst_binary).version_tuple)
-        setup.make_images(qemu_img_for(ctx.dst_binary))
+        host = ctx.run.host
+        remote = None if host.is_local else host
+        setup = ColoSetup(work, probe(ctx.src_binary, remote).version_tuple,
+                          probe(ctx.dst_binary, remote).version_tuple)
+        setup.make_images(host, qemu_img_for(ctx.dst_binary, remote))
         pair = ctx.pair(dst_paused=False, src_extra=setup.primary_args(),
                         dst_extra=setup.secondary_args())
         src, dst = pair.src, pair.dst
@@ -324,7 +332,7 @@ def run(ctx: ScenarioContext) -> dict:
                 caps = {"events": True, "return-path": True, "x-colo": True, **s.caps}
                 tuning.set_capabilities(m, caps)
         tuning.set_parameters(dst, dict(s.dst_params))
-        dst.cmd("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        dst.cmd("migrate-incoming", {"uri": f"tcp:{dst.host.listen_address}:0"})
         uri = connect_uri(Transport.TCP, dst)
         tuning.ensure_converge(src)
         tuning.set_parameters(src, {"x-checkpoint-delay": delay_ms, **s.params})
