@@ -168,7 +168,7 @@ def _one_host(request) -> bool:
     return bool(getattr(s, "needs_one_host", False))
 
 
-def _place(request, fleet, stamp: str):
+def _place(request, fleet):
     """Slots on inventory hosts for this test, and a skip if preflight rules a host out."""
     # Seeded like malloc_perturb (session seed, test id, round): a replay places alike.
     n = request.node.stash.get(_placements_key, 0)
@@ -204,7 +204,7 @@ def harness_run(request, harness_config, harness_fleet) -> TestRun:
     art = harness_config.artifacts_root / stamp / safe_dirname(request.node.nodeid)
     if art.exists():  # same test id twice (hammer/repeat): keep both
         art = art.with_name(f"{art.name}-{worker}-{time.monotonic_ns()}")
-    placement = _place(request, harness_fleet, stamp) if harness_fleet is not None else None
+    placement = _place(request, harness_fleet) if harness_fleet is not None else None
     run = TestRun(art, placement=placement)
     # In JUnit (a property of the item, as junitxml reads them at teardown): where this
     # run's evidence is. Replaced each round when a test is hammered.
