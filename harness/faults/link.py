@@ -290,3 +290,13 @@ class LinkFaults:
         if rc != 0 and not (tolerate_missing and _MISSING_DEVICE in err):
             return [line]
         return []
+
+
+def migration_link(machine) -> LinkFaults:
+    """Faults on the migration interface of the inventory host a Machine runs on."""
+    host = machine.host
+    iface = getattr(getattr(host, "entry", None), "migration_interface", None)
+    if host.is_local or not iface:
+        raise ValueError(f"{machine.name}: link faults need an inventory host with a "
+                         f"migration_interface (runs on '{host.name}')")
+    return LinkFaults(host.run, iface, label=host.name)

@@ -93,6 +93,35 @@ def dirty_pass(pair: Pair) -> dict:
             ram.get("transferred"), "dirty_pages_rate": ram.get("dirty-pages-rate")}
 
 
+SHAPED_RATE = 2_000_000   # bytes/s: far below what TCG migrates unshaped (~100+ MB/s)
+SHAPED_SECONDS = 3.0
+
+
+@hook("link-shaped")
+def link_shaped(pair: Pair) -> dict:
+    """A tbf on the source host's migration interface (egress: the stream's direction)
+    caps the migration at SHAPED_RATE; the throughput QEMU reaches meanwhile must sit
+    at that rate, not at its own max-bandwidth. Then the shaping goes and it converges.
+
+    Needs converge=False and remote hosts with a migration_interface."""
+    from harness.faults.link import migration_link
+    src = pair.src
+    with migration_link(src) as link:
+        link.limit(SHAPED_RATE)
+        time.sleep(0.5)   # let the queue fill: measure the shaped steady state
+        info0, t0 = src.cmd("query-migrate"), time.monotonic()
+        _active_or_fail(info0, "shaped throughput", [])
+        time.sleep(SHAPED_SECONDS)
+        info1, t1 = src.cmd("query-migrate"), time.monotonic()
+        _active_or_fail(info1, "shaped throughput", [])
+    rate = (info1["ram"]["transferred"] - info0["ram"]["transferred"]) / (t1 - t0)
+    if not 0.3 * SHAPED_RATE < rate < 1.3 * SHAPED_RATE:
+        raise AssertionError(f"{src.name}: {rate / 1e6:.2f} MB/s through a tbf of "
+                             f"{SHAPED_RATE / 1e6:.2f} MB/s on {src.host.name}")
+    tuning.ensure_converge(src)
+    return {"tbf_bytes_per_s": SHAPED_RATE, "measured_bytes_per_s": round(rate)}
+
+
 @hook("pause-before-switchover")
 def pause_before_switchover(pair: Pair) -> dict:
     """Wait for pre-switchover: the source's guest must be stopped and the

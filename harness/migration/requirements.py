@@ -184,15 +184,17 @@ class NoRdmaDevice:
 
 @dataclass(frozen=True)
 class MigrationLink:
-    """Real link faults act on the destination host's migration interface, which only
-    an inventory host declares (a local run would cut this machine's own network)."""
+    """Real link faults act on the hosts' migration interfaces (the source's is shaped,
+    the destination's cut), which only inventory hosts declare: a local run would
+    cut this machine's own network."""
 
     def check(self, env: Env) -> str | None:
         entry = getattr(env.dst_host, "entry", None)
         if entry is None:
-            return "needs --inventory: a remote destination host whose migration link can be cut"
-        if not entry.migration_interface:
-            return f"inventory host '{entry.name}' declares no migration_interface"
+            return "needs --inventory: remote hosts whose migration links the harness may cut or shape"
+        for e in (getattr(env.src_host, "entry", None), entry):
+            if e is not None and not e.migration_interface:
+                return f"inventory host '{e.name}' declares no migration_interface"
         if env.src_host is env.dst_host:
             return "source and destination on one host: cutting its link cuts nothing between them"
         return None

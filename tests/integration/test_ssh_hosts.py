@@ -259,9 +259,10 @@ def test_smoke_tier_across_hosts(tmp_path, farm, place):
 
 
 def test_postcopy_recovers_after_real_link_cut_across_hosts(tmp_path, farm):
-    cp, out = inner_catalog(tmp_path, "-k", "recovery/link-down or recovery/link-reject",
-                            "--place", "beta:alpha")
-    assert cp.returncode == 0 and "2 passed" in out, out[-4000:]
+    """Plus the tbf-shaped precopy: the three scenarios that act on real links."""
+    cp, out = inner_catalog(tmp_path, "-k", "recovery/link-down or recovery/link-reject "
+                            "or link-shaped", "--place", "beta:alpha")
+    assert cp.returncode == 0 and "3 passed" in out, out[-4000:]
     assert not qemu_pids_in_farm(farm)
 
 

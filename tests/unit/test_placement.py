@@ -142,6 +142,12 @@ def test_migration_link_needs_remote_distinct_hosts(inv, tmp_path):
     i = inv()
     a, b = FakeHost(i.host("alpha")), FakeHost(i.host("beta"))
     assert "needs --inventory" in requirements.MigrationLink().check(env())
-    assert requirements.MigrationLink().check(env(src_host=b, dst_host=a)) is None
-    assert "no migration_interface" in requirements.MigrationLink().check(env(src_host=a, dst_host=b))
+    # both ends need one: the source's link is shaped, the destination's cut
+    assert "'beta' declares no migration_interface" in requirements.MigrationLink().check(
+        env(src_host=b, dst_host=a))
+    assert "'beta' declares no migration_interface" in requirements.MigrationLink().check(
+        env(src_host=a, dst_host=b))
+    from dataclasses import replace
+    b2 = FakeHost(replace(i.host("beta"), migration_interface="eth1"))
+    assert requirements.MigrationLink().check(env(src_host=b2, dst_host=a)) is None
     assert "one host" in requirements.MigrationLink().check(env(src_host=a, dst_host=a))

@@ -3,7 +3,7 @@
 destination, file and mapped-ram, the Linux guest). Names follow qtest where it has
 the case."""
 from harness.migration.hooks import ITERATE_BANDWIDTH
-from harness.migration.requirements import Accel, Capability, Command, MinVersion
+from harness.migration.requirements import Accel, Capability, Command, MigrationLink, MinVersion
 from harness.migration.scenario import Expect, Flow, Result, Scenario
 from harness.migration.transports import Transport
 from harness.qemu.spec import GuestKind
@@ -20,6 +20,10 @@ SCENARIOS = (
     # -- transports ------------------------------------------------------------------
     Scenario("/migration/precopy/tcp/plain", transport=Transport.TCP, tiers=SMOKE),
     Scenario("/migration/precopy/unix/plain", transport=Transport.UNIX),
+    Scenario("/migration/precopy/tcp/link-shaped", transport=Transport.TCP, params=ITERATE,
+             converge=False, options={"during": "link-shaped"}, requires=(MigrationLink(),),
+             note="a tbf on the source host's migration link caps the stream: QEMU's "
+                  "throughput follows the real link, then it converges unshaped"),
     Scenario("/migration/precopy/tcp/plain/notlive", transport=Transport.TCP, live=False,
              note="source stopped before migrate: the stream is one consistent pass"),
     Scenario("/migration/precopy/fd/socketpair", transport=Transport.FD, **LIVE,

@@ -45,7 +45,7 @@ import socket
 import threading
 import time
 
-from harness.faults.link import LinkFaults
+from harness.faults.link import LinkFaults, migration_link
 from harness.faults.proxy import TcpProxy, local_address_towards
 from harness.migration import drivers
 from harness.migration.context import ScenarioContext
@@ -252,15 +252,6 @@ class _Path:
         for p in self.proxies:
             p.stop()
         self.heal()
-
-
-def migration_link(m: Machine) -> LinkFaults:
-    """Faults on the migration interface of the host m runs on (from the inventory)."""
-    iface = getattr(getattr(m.host, "entry", None), "migration_interface", None)
-    if m.host.is_local or not iface:
-        raise ValueError(f"{m.name}: link faults need an inventory host with a "
-                         f"migration_interface (runs on '{m.host.name}')")
-    return LinkFaults(m.host.run, iface, label=m.host.name)
 
 
 def _inet(uri: str) -> tuple[str, int]:
