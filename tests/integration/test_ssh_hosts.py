@@ -314,3 +314,28 @@ def test_remote_hang_dump_has_gdb_threads_from_the_host(tmp_path, farm):
     assert '"status": "running"' in (tmp_path / "art/vm/hang.json").read_text()
     run.abort()
     a.close()
+
+
+def test_hosts_check_connect_reports_each_host(tmp_path, farm):
+    cp = subprocess.run([sys.executable, "-m", "harness.cli", "hosts", "check", "--connect",
+                         str(INVENTORY)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert cp.returncode == 0, cp.stderr
+    lines = cp.stdout.splitlines()
+    assert lines[0].startswith("alpha root@10.231.0.11:22") and lines[1].startswith("  ok ")
+    assert "QEMU emulator version" in lines[1] and "rdma none" in lines[1]
+
+
+def test_bad_inventory_is_a_one_line_usage_error(tmp_path, farm):
+    shutil.copytree(FARM_DIR / "keys", tmp_path / "keys")   # paths are relative to the file
+    bad = tmp_path / "inv.toml"
+    bad.write_text(INVENTORY.read_text().replace("slots = 2", "slots = 0"))
+    cp = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests/migration/test_precopy.py"),
+                         "-p", "no:cacheprovider", "--inventory", str(bad)],
+                        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert cp.returncode == 4, cp.stdout + cp.stderr
+    err = [l for l in cp.stderr.splitlines() if l.strip()]
+    assert len(err) == 1 and "field 'slots' (from [defaults]) must be a positive integer, not 0" in err[0], cp.stderr
+    cp = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests/migration/test_precopy.py"),
+                         "-p", "no:cacheprovider", "--inventory", str(INVENTORY), "--place", "alpha:zeta"],
+                        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert cp.returncode == 4 and "no host 'zeta'" in cp.stderr, cp.stderr
