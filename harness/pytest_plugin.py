@@ -93,9 +93,9 @@ def _validate_options(config) -> None:
             from harness.hosts.placement import parse_place
             inv = inventory_mod.load(o.inventory)
             parse_place(o.place, inv)
-            inv.select(_tags(o))
-            for b in (o.qemu, o.qemu_src, o.qemu_dst):
-                for e in inv.select(_tags(o)) if b else ():
+            hosts = inv.select(_tags(o))
+            for b in filter(None, (o.qemu, o.qemu_src, o.qemu_dst)):
+                for e in hosts:
                     e.qemu_binary(b)   # a label every host knows, or a path
         else:
             for b in (o.qemu, o.qemu_src, o.qemu_dst):
@@ -155,11 +155,11 @@ def harness_fleet(pytestconfig):
 def side_binaries(cfg: HarnessConfig, run: TestRun):
     """(source, destination) QemuBinary, probed on the hosts they run on."""
     p = run.placement
-    if p.src_entry is None:
+    if p.src.is_local and p.dst.is_local:
         return probe(cfg.qemu_src), probe(cfg.qemu_dst)
     label = lambda b: None if b == "qemu-system-x86_64" else b  # noqa: E731 - the default
-    return (probe(p.src_entry.qemu_binary(label(cfg.qemu_src)), p.src),
-            probe(p.dst_entry.qemu_binary(label(cfg.qemu_dst)), p.dst))
+    return (probe(p.src.entry.qemu_binary(label(cfg.qemu_src)), p.src),
+            probe(p.dst.entry.qemu_binary(label(cfg.qemu_dst)), p.dst))
 
 
 def _one_host(request) -> bool:

@@ -79,6 +79,15 @@ class Host(abc.ABC):
     def read_file(self, path: Path) -> bytes:
         return Path(path).read_bytes()
 
+    def file_stat(self, path: Path) -> tuple[int, int]:
+        """(apparent size, allocated bytes) of a file on the host."""
+        st = Path(path).stat()
+        return st.st_size, st.st_blocks * 512
+
+    def read_head(self, path: Path, n: int) -> bytes:
+        with open(path, "rb") as f:
+            return f.read(n)
+
     def remove_file(self, path: Path) -> None:
         Path(path).unlink(missing_ok=True)
 

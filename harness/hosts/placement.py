@@ -40,8 +40,6 @@ class Placement:
 
     src: Host
     dst: Host
-    src_entry: HostEntry | None = None
-    dst_entry: HostEntry | None = None
     _locks: list = field(default_factory=list, repr=False)
 
     def host_for(self, machine_name: str) -> Host:
@@ -101,7 +99,7 @@ class SlotBroker:
                 locks = self._try_lock([src, dst])
                 if locks is not None:
                     try:
-                        return Placement(connect(src), connect(dst), src, dst, locks)
+                        return Placement(connect(src), connect(dst), locks)
                     except BaseException:
                         for fd in locks:
                             os.close(fd)

@@ -36,6 +36,8 @@ SUPERVISOR_SRC = (Path(__file__).with_name("supervisor.py")).read_text()
 CONNECT_TIMEOUT = 15.0
 SPAWN_TIMEOUT = 20.0
 SOCAT_MARKER = "qmh-socat-connecting"
+CORE_FETCH_TIMEOUT = 120.0
+BRIDGE_LINGER = 10.0   # after our side closed, how long the remote side may take to close
 
 
 class _QuietRetries(logging.Filter):
@@ -279,6 +281,19 @@ class SSHHost(Host):
         except IOError as exc:
             raise HostError(f"host '{self.name}': cannot read {path}: {exc}") from None
 
+    def file_stat(self, path: Path) -> tuple[int, int]:
+        # SFTP attributes carry no block count: stat(1) knows the allocation.
+        out = self.check(["stat", "-c", "%s %b %B", "--", str(path)])
+        size, blocks, unit = (int(x) for x in out.split())
+        return size, blocks * unit
+
+    def read_head(self, path: Path, n: int) -> bytes:
+        try:
+            with self.sftp().open(str(path), "rb") as f:
+                return f.read(n)
+        except IOError as exc:
+            raise HostError(f"host '{self.name}': cannot read {path}: {exc}") from None
+
     def remove_file(self, path: Path) -> None:
         try:
             self.sftp().remove(str(path))
@@ -288,6 +303,7 @@ class SSHHost(Host):
     def take_file(self, src: Path, dst: Path) -> None:
         """Move a (sparse, mostly zero) core here: gzip on the host, holes kept locally."""
         chan = self._exec(f"exec gzip -1 -c -- {shlex.quote(str(src))}")
+        chan.settimeout(CORE_FETCH_TIMEOUT)   # no data for this long: give up (socket.timeout)
         d = zlib.decompressobj(wbits=31)
         with open(dst, "wb") as f:
             while True:
@@ -297,7 +313,7 @@ class SSHHost(Host):
                 _write_sparse(f, d.decompress(data))
             _write_sparse(f, d.flush())
             f.truncate(f.tell())
-        rc = chan.recv_exit_status()
+        rc = chan.recv_exit_status() if chan.status_event.wait(CORE_FETCH_TIMEOUT) else -1
         chan.close()
         if rc != 0:
             raise HostError(f"host '{self.name}': cannot fetch {src} (gzip exit {rc})")
@@ -412,6 +428,7 @@ def bridge(chan: paramiko.Channel, name: str) -> socket.socket:
     """
     ours, theirs = socket.socketpair()
     done = []
+    remote_closed = threading.Event()
 
     def finish():
         done.append(1)
@@ -426,6 +443,10 @@ def bridge(chan: paramiko.Channel, name: str) -> socket.socket:
             chan.shutdown_write()
         except (OSError, paramiko.SSHException):
             pass
+        # We are done with it: a remote end that never closes (a hung QEMU) must not
+        # keep the channel open for good.
+        if not remote_closed.wait(BRIDGE_LINGER):
+            chan.close()
         finish()
 
     def down():  # remote -> local
@@ -434,6 +455,7 @@ def bridge(chan: paramiko.Channel, name: str) -> socket.socket:
                 ours.sendall(data)
         except (OSError, paramiko.SSHException):
             pass
+        remote_closed.set()
         try:
             ours.shutdown(socket.SHUT_WR)
         except OSError:
@@ -468,7 +490,6 @@ class RemoteProcess(Process):
         self._exited = threading.Event()
         self.returncode: int | None = None
         self._err_buf = b""
-        self.core_dumped = False
         self.pid = -1
         threading.Thread(target=self._reader, name=f"ssh-proc-{host.name}", daemon=True).start()
         if not self._started.wait(SPAWN_TIMEOUT) or self.pid < 0:
@@ -490,8 +511,7 @@ class RemoteProcess(Process):
                     self.pid = msg["pid"]
                     self._started.set()
                 elif "exit" in msg:
-                    self.returncode = msg["exit"]
-                    self.core_dumped = msg["core_dumped"]
+                    self.returncode = msg["exit"]   # (core_dumped: the core search says more)
                     break
         except (OSError, ValueError, paramiko.SSHException):
             pass

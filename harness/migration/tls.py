@@ -137,12 +137,7 @@ class _Authority:
 
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        now = _now()
-        cert = (x509.CertificateBuilder()
-                .subject_name(name).issuer_name(name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(hours=1))
-                .not_valid_after(now + datetime.timedelta(days=2))
+        cert = (_builder(name, name, key.public_key())
                 .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
                 .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
                                              crl_sign=True, content_commitment=False,
@@ -166,13 +161,8 @@ class _Authority:
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
         key = ec.generate_private_key(ec.SECP256R1())
-        now = _now()
-        b = (x509.CertificateBuilder()
-             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-             .issuer_name(self.cert.subject).public_key(key.public_key())
-             .serial_number(x509.random_serial_number())
-             .not_valid_before(now - datetime.timedelta(hours=1))
-             .not_valid_after(now + datetime.timedelta(days=2))
+        b = (_builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]),
+                      self.cert.subject, key.public_key())
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
              .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True,
                                           key_cert_sign=False, crl_sign=False,
@@ -192,6 +182,16 @@ class _Authority:
                                     serialization.PrivateFormat.TraditionalOpenSSL,
                                     serialization.NoEncryption())
         return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _builder(subject, issuer, public_key):
+    """A certificate valid from an hour ago for two days (clock skew; one test run)."""
+    from cryptography import x509
+    now = _now()
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+            .public_key(public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=2)))
 
 
 def _general_name(n: str):

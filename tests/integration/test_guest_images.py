@@ -61,21 +61,26 @@ def _stderr(workdir: Path) -> str:
         return ""
 
 
+def _connect_when_listening(path: Path, deadline: float) -> socket.socket:
+    """QEMU's server socket appears a little after the process starts."""
+    while True:
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.connect(str(path))
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class _QMP:
     """Minimal synchronous QMP over a UNIX socket (just for this test)."""
 
     def __init__(self, path: Path, deadline: float):
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.settimeout(10)
-                self.sock.connect(str(path))
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.sock = _connect_when_listening(path, deadline)
+        self.sock.settimeout(10)
         self.buf = b""
         self._read()  # greeting
         self.cmd("qmp_capabilities")
@@ -167,16 +172,7 @@ class _Serial:
     """The guest console: a QEMU socket chardev (server) we connect to."""
 
     def __init__(self, path: Path, deadline: float):
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(str(path))
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+        self.sock = _connect_when_listening(path, deadline)
         self.sock.settimeout(0.2)
         self.text = ""
         self.pos = 0  # parse position in self.text

@@ -16,6 +16,7 @@ from harness.hosts.base import HostError
 from harness.hosts.placement import Placement
 from harness.hosts.preflight import facts, gather
 from harness.hosts.ssh import HostKeyRefused, SSHHost
+from harness.qemu.machine import LaunchError
 from harness.qemu.outcome import OutcomeKind
 from harness.qemu.spec import GuestKind, GuestSpec, MachineSpec
 from harness.run import TestRun
@@ -54,6 +55,22 @@ def spec(name="source", **kw):
                        guest=GuestSpec(kind=GuestKind.BOOTBLOCK), **kw)
 
 
+@pytest.fixture
+def remote_vm(tmp_path, farm):
+    """remote_vm(entry=alpha) -> (host, run, launched Machine 'vm'); torn down after."""
+    made = []
+
+    def make(entry=None):
+        h = SSHHost(entry or farm.host("alpha"))
+        run = TestRun(tmp_path / "art", placement=Placement(h, h))
+        made.append((h, run))
+        return h, run, run.machine(spec("vm"))
+    yield make
+    for h, run in made:
+        run.abort()
+        h.close()
+
+
 def qemu_pids_in_farm(farm) -> list[int]:
     """QEMUs inside the farm's namespaces (ours by construction)."""
     pids = []
@@ -66,6 +83,17 @@ def qemu_pids_in_farm(farm) -> list[int]:
             except OSError:
                 pass
     return pids
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
 
 
 # ------------------------------------------------------------------ host keys
@@ -150,25 +178,28 @@ def test_run_timeout_kills_the_remote_command(alpha):
 # ------------------------------------------------------------------ processes
 def test_remote_qemu_pid_exit_and_stderr(tmp_path, farm):
     a, b = SSHHost(farm.host("alpha")), SSHHost(farm.host("beta"))
-    run = TestRun(tmp_path / "art", placement=Placement(a, b, farm.host("alpha"), farm.host("beta")))
+    run = TestRun(tmp_path / "art", placement=Placement(a, b))
     src = run.machine(spec())
     dst = run.machine(spec("destination", incoming="defer", paused=True))
     assert a.run(["kill", "-0", str(src.pid)], 10)[0] == 0
     assert b.run(["kill", "-0", str(dst.pid)], 10)[0] == 0
     assert (tmp_path / "art/source/host.txt").read_text().strip() == "alpha"
     assert src.cmd("query-status")["status"] == "running"
-    src.cmd("human-monitor-command", {"command-line": "info nonexistent-thing"})
     outcomes = run.finish()
     assert all(o.kind is OutcomeKind.CLEAN for o in outcomes)
     assert "waiting for connection" not in (tmp_path / "art/source/stderr.log").read_text()
+    # A QEMU that refuses its arguments: its exit status and stderr come back from the host.
+    bad = TestRun(tmp_path / "bad", placement=Placement(b, b))
+    with pytest.raises(LaunchError, match=r"QEMU exited with 1 before start: .*-no-such-option"):
+        bad.machine(spec("vm", extra_args=("-no-such-option",)))
+    assert "-no-such-option" in (tmp_path / "bad/vm/stderr.log").read_text()
+    bad.abort()
     a.close()
     b.close()
 
 
-def test_remote_crash_has_signal_core_and_remote_backtrace(tmp_path, farm):
-    a = SSHHost(farm.host("alpha"))
-    run = TestRun(tmp_path / "art", placement=Placement(a, a))
-    m = run.machine(spec("vm"))
+def test_remote_crash_has_signal_core_and_remote_backtrace(tmp_path, remote_vm):
+    a, run, m = remote_vm()
     m.kill(signal.SIGABRT)
     outcome = m.wait_exit(60)
     assert outcome is not None and outcome.kind is OutcomeKind.CRASH
@@ -180,7 +211,6 @@ def test_remote_crash_has_signal_core_and_remote_backtrace(tmp_path, farm):
     assert "Thread" in bt and "#0" in bt
     run.abort()
     assert a.run(["sh", "-c", f"ls {a.tmp_root} | grep -c '^qmh-vm-' || true"], 10)[1].strip() == "0"
-    a.close()
 
 
 def test_dropped_session_kills_remote_qemu(tmp_path, farm):
@@ -216,11 +246,10 @@ def test_killed_worker_mid_migration_leaves_no_qemu(tmp_path, farm):
             assert time.monotonic() < deadline and ctl.poll() is None, "migration never started"
             time.sleep(0.2)
         time.sleep(2)  # into the migration
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(ctl.pid)],
-                             capture_output=True, text=True).stdout.split()
-        assert out, "no xdist worker found"
-        for w in out:
-            os.kill(int(w), signal.SIGKILL)
+        workers = children_of(ctl.pid)
+        assert workers, "no xdist worker found"
+        for w in workers:
+            os.kill(w, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while qemu_pids_in_farm(farm):
             assert time.monotonic() < deadline, f"QEMU left on the farm: {qemu_pids_in_farm(farm)}"
@@ -269,51 +298,48 @@ def test_postcopy_recovers_after_real_link_cut_across_hosts(tmp_path, farm):
 # ------------------------------------------------------------------ socat fallback, hangs
 @pytest.fixture
 def alpha_without_streamlocal(tmp_path, farm):
-    """A second sshd on alpha (port 2222) with AllowStreamLocalForwarding no."""
+    """A second sshd on alpha (a free port) with AllowStreamLocalForwarding no."""
     a = farm.host("alpha")
     cfg_dir = FARM_DIR / "hosts" / "alpha"
     cfg = tmp_path / "sshd_config"
     pidfile = tmp_path / "sshd.pid"
+    port = int(subprocess.run(   # a free port on alpha's address, asked inside its namespace
+        ["ip", "netns", "exec", a.netns, sys.executable, "-c",
+         f"import socket; s=socket.socket(); s.bind(({a.address!r}, 0)); print(s.getsockname()[1])"],
+        capture_output=True, text=True, check=True, timeout=30).stdout)
     lines = [l for l in (cfg_dir / "sshd_config").read_text().splitlines()
              if not l.startswith(("Port ", "PidFile ", "AllowStreamLocalForwarding", "StrictModes"))]
-    cfg.write_text("\n".join(lines + ["Port 2222", f"PidFile {pidfile}",
+    cfg.write_text("\n".join(lines + [f"Port {port}", f"PidFile {pidfile}",
                                       "AllowStreamLocalForwarding no", "StrictModes no"]) + "\n")
     subprocess.run(["ip", "netns", "exec", a.netns, "/usr/sbin/sshd", "-f", str(cfg),
                     "-E", str(tmp_path / "sshd.log")], check=True, timeout=30)
     key = next(l for l in a.known_hosts.read_text().splitlines() if l.startswith(a.address + " "))
     kh = tmp_path / "known_hosts"
-    kh.write_text(key.replace(a.address, f"[{a.address}]:2222", 1) + "\n")
+    kh.write_text(key.replace(a.address, f"[{a.address}]:{port}", 1) + "\n")
     from dataclasses import replace
     deadline = time.monotonic() + 10
     while not pidfile.exists():
         assert time.monotonic() < deadline, (tmp_path / "sshd.log").read_text()
         time.sleep(0.05)
-    yield replace(a, port=2222, known_hosts=kh)
+    yield replace(a, port=port, known_hosts=kh)
     os.kill(int(pidfile.read_text()), signal.SIGTERM)
 
 
-def test_qmp_falls_back_to_socat_when_sshd_forbids_streamlocal(tmp_path, alpha_without_streamlocal):
-    h = SSHHost(alpha_without_streamlocal)
-    run = TestRun(tmp_path / "art", placement=Placement(h, h))
-    m = run.machine(spec("vm"))
+def test_qmp_falls_back_to_socat_when_sshd_forbids_streamlocal(remote_vm, alpha_without_streamlocal):
+    h, run, m = remote_vm(alpha_without_streamlocal)
     assert h._streamlocal is False            # refused once, then socat every time
     assert m.cmd("query-status")["status"] == "running"
     assert m.serial.wait_for(rb"AB", time.monotonic() + 30) is not None
     run.finish()
-    h.close()
 
 
-def test_remote_hang_dump_has_gdb_threads_from_the_host(tmp_path, farm):
-    a = SSHHost(farm.host("alpha"))
-    run = TestRun(tmp_path / "art", placement=Placement(a, a))
-    m = run.machine(spec("vm"))
+def test_remote_hang_dump_has_gdb_threads_from_the_host(tmp_path, remote_vm):
+    _h, run, m = remote_vm()
     outcome = m.declare_hang("test: pretend a deadline passed")
     assert outcome.kind is OutcomeKind.HANG
     bt = (tmp_path / "art/vm/hang-backtrace.txt").read_text()
     assert "Thread" in bt and "main" in bt
     assert '"status": "running"' in (tmp_path / "art/vm/hang.json").read_text()
-    run.abort()
-    a.close()
 
 
 def test_hosts_check_connect_reports_each_host(tmp_path, farm):

@@ -116,7 +116,7 @@ def run_cpr_reboot(ctx: ScenarioContext) -> dict:
         out = src.shutdown()  # the old QEMU is gone before the new one starts
         if out.is_failure:
             raise MachineFailure(out)
-        state_bytes = _file_size(host, work / "vm.state")
+        state_bytes = host.file_stat(work / "vm.state")[0]
 
         dst = ctx.run.machine(dst_spec)
         tuning.set_capabilities(dst, caps)
@@ -153,14 +153,6 @@ def run_cpr_reboot(ctx: ScenarioContext) -> dict:
         else:
             host.remove_run_dir(work)
 
-
-def _file_size(host, path: Path) -> int:
-    if host.is_local:
-        return path.stat().st_size
-    rc, out, err = host.run(["stat", "-c", "%s", "--", str(path)], 30)
-    if rc != 0:
-        raise AssertionError(f"no state file {host.name}:{path}: {err.strip()}")
-    return int(out)
 
 
 def _prove_running(dst: Machine, timeout: float, resume: bool = False) -> dict:

@@ -68,19 +68,19 @@ def run(ctx: ScenarioContext) -> dict:
         raise AssertionError(f"{s.path}: expected {s.expect.result.value}, but `migrate` was accepted")
     wait_status(src, {"completed"}, since=mark, timeout=s.timeout)
     info = src.cmd("query-migrate")
-    st = os.stat(path)
-    file_info = {"apparent_bytes": st.st_size, "allocated_bytes": st.st_blocks * 512}
+    size, allocated = dst.host.file_stat(path)   # the file lives on the QEMUs' host
+    file_info = {"apparent_bytes": size, "allocated_bytes": allocated}
     if caps.get("mapped-ram"):
         # mapped-ram puts every page at its fixed offset: the file spans all of RAM,
         # sparsely (zero pages are holes).
         ram = info.get("ram", {}).get("total", 0)
-        if st.st_size < ram:
-            raise AssertionError(f"mapped-ram file is {st.st_size} bytes, less than RAM {ram}")
+        if size < ram:
+            raise AssertionError(f"mapped-ram file is {size} bytes, less than RAM {ram}")
     if offset is not None and isinstance(offset, int):
-        with open(path, "rb") as f:
-            if f.read(offset) != bytes(offset):
-                raise AssertionError(f"QEMU wrote into the first {offset:#x} bytes it was told to skip")
-            magic = f.read(4)
+        head = dst.host.read_head(path, offset + 4)
+        if head[:offset] != bytes(offset):
+            raise AssertionError(f"QEMU wrote into the first {offset:#x} bytes it was told to skip")
+        magic = head[offset:]
         if magic != b"QEVM":
             raise AssertionError(f"no migration stream magic at offset {offset:#x}: {magic!r}")
 
