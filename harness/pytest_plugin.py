@@ -174,17 +174,19 @@ def _place(request, fleet):
     n = request.node.stash.get(_placements_key, 0)
     request.node.stash[_placements_key] = n + 1
     seed = f"{request.config.option.hammer_seed}:{request.node.nodeid}:{n}"
+    placement, error, reason = None, None, None
     try:
         placement = fleet.place(one_host=_one_host(request), seed=seed)
+        reason = next(filter(None, (fleet.facts(h).blocking_reason()
+                                    for h in (placement.src, placement.dst))), None)
     except HostError as exc:
-        placement, error = None, str(exc)
-    if placement is None:
+        error = str(exc)
+    if (error or reason) and placement is not None:
+        placement.release()
+    if error:
         pytest.fail(error, pytrace=False)   # outside the except: no chained traceback
-    for h in {placement.src, placement.dst}:
-        reason = fleet.facts(h).blocking_reason()
-        if reason:
-            placement.release()
-            pytest.skip(reason)
+    if reason:
+        pytest.skip(reason)
     _set_property(request.node, "hosts", placement.describe())
     return placement
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import testinfra.host
 from testinfra.backend.paramiko import ParamikoBackend
 
+from harness.hosts.base import HostError
 from harness.hosts.ssh import SSHHost
 
 MIN_FREE_BYTES = 1 << 30   # a run dir holds sockets, RAM dumps and maybe a core
+COMMAND_TIMEOUT = 30.0
 
 
 class PinnedBackend(ParamikoBackend):
@@ -33,6 +36,21 @@ class PinnedBackend(ParamikoBackend):
     def client(self):
         self.ssh.transport   # connects (and verifies the host key) if needed
         return self.ssh._client
+
+    def _exec_command(self, command: bytes) -> tuple[int, bytes, bytes]:
+        """testinfra's own has no deadline: a hung host would hang the whole run."""
+        chan = self.client.get_transport().open_session(timeout=COMMAND_TIMEOUT)
+        chan.settimeout(COMMAND_TIMEOUT)
+        try:
+            chan.exec_command(command)
+            out = chan.makefile("rb").read()
+            err = chan.makefile_stderr("rb").read()
+            return chan.recv_exit_status(), out, err
+        except socket.timeout:
+            raise HostError(f"host '{self.ssh.name}': preflight command {command[:60]!r} "
+                            f"got no answer within {COMMAND_TIMEOUT:.0f}s") from None
+        finally:
+            chan.close()
 
 
 def testinfra_host(ssh: SSHHost) -> testinfra.host.Host:

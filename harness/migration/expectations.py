@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from harness.migration.metrics import write_metrics
-from harness.migration.scenario import Scenario
+from harness.migration.scenario import Result, Scenario
 from harness.qemu.qmp import QMPCommandError
 
 
@@ -16,6 +16,20 @@ def check_refusal(exc: QMPCommandError, s: Scenario) -> None:
                              f"{e.error_class}: {exc.desc}")
     if e.error_match and not re.search(e.error_match, exc.desc):
         raise AssertionError(f"{s.path}: refusal text {exc.desc!r} does not match {e.error_match!r}")
+
+
+def refusal_result(ctx, exc: QMPCommandError) -> dict:
+    """In `except QMPCommandError`: the recorded refusal if the scenario expects one,
+    else the error goes on up."""
+    if ctx.scenario.expect.result is not Result.REFUSED:
+        raise exc
+    return record_refusal(ctx, exc)
+
+
+def expect_accepted(s: Scenario, what: str) -> None:
+    """QEMU accepted the command: only a scenario expecting completion may go on."""
+    if s.expect.result is not Result.COMPLETED:
+        raise AssertionError(f"{s.path}: expected {s.expect.result.value}, but {what}")
 
 
 def record_refusal(ctx, exc: QMPCommandError, **extra) -> dict:

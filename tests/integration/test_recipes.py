@@ -1,6 +1,5 @@
 """The cancel and destination-config recipes against real QEMU: every attempt is
 judged by the chaos oracles and says what QEMU did."""
-import random
 
 import pytest
 

@@ -1,7 +1,6 @@
 """Placement: slots across workers, one-host scenarios, forced SRC:DST, roles."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

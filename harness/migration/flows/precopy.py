@@ -20,7 +20,7 @@ from harness.migration import drivers, hooks, tuning
 from harness.migration.context import ScenarioContext
 from harness.migration.metrics import write_metrics
 from harness.migration.pair import Pair, wait_guest_ready
-from harness.migration.expectations import record_refusal
+from harness.migration.expectations import refusal_result
 from harness.migration.runner import register
 from harness.migration.scenario import Flow, Result
 from harness.migration.states import wait_status
@@ -47,9 +47,7 @@ def run(ctx: ScenarioContext) -> dict:
                               dst_params=ctx.dst_params, converge=s.converge, live=s.live,
                               timeout=s.timeout, during=hooks.get(s.options.get("during")))
     except QMPCommandError as exc:
-        if s.expect.result is Result.REFUSED:
-            return record_refusal(ctx, exc)
-        raise
+        return refusal_result(ctx, exc)
     except drivers.MigrationStateError as exc:
         if failing:
             return check_failure(ctx, pair, exc)

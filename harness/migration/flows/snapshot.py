@@ -21,10 +21,10 @@ import time
 from harness.guest import integrity
 from harness.migration import drivers
 from harness.migration.context import ScenarioContext
-from harness.migration.expectations import record_refusal
+from harness.migration.expectations import expect_accepted, refusal_result
 from harness.migration.metrics import MigrationMetrics, write_metrics
 from harness.migration.runner import register
-from harness.migration.scenario import Flow, Result
+from harness.migration.scenario import Flow
 from harness.migration.states import wait_status
 from harness.migration.transports import Transport, file_uri, incoming
 from harness.qemu.qmp import QMPCommandError
@@ -42,11 +42,8 @@ def run(ctx: ScenarioContext) -> dict:
         drivers.configure(pair, src_caps={"background-snapshot": True, **dict(s.caps)},
                           params=ctx.src_params, dst_params=ctx.dst_params)
     except QMPCommandError as exc:
-        if s.expect.result is Result.REFUSED:
-            return record_refusal(ctx, exc)
-        raise
-    if s.expect.result is not Result.COMPLETED:
-        raise AssertionError(f"{s.path}: expected {s.expect.result.value}, but QEMU accepted it")
+        return refusal_result(ctx, exc)
+    expect_accepted(s, "QEMU accepted it")
 
     if s.transport is Transport.FILE:
         assert dst.run_dir is not None
