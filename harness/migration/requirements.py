@@ -129,6 +129,18 @@ class RdmaDevice:
 
 
 @dataclass(frozen=True)
+class RdmaBuiltIn:
+    """The binary was built with RDMA (CONFIG_RDMA): without it every rdma: URI is
+    refused as an unknown protocol, which shows nothing about RDMA."""
+
+    def check(self, env: Env) -> str | None:
+        for b, h in env.binaries():
+            if "rdma" not in capabilities.transports(b, h):
+                return f"{b} was built without RDMA (migrate-incoming rdma:... is an unknown protocol)"
+        return None
+
+
+@dataclass(frozen=True)
 class Memlock:
     """RDMA pin-all (and similar) need RLIMIT_MEMLOCK of at least min_bytes."""
 

@@ -6,6 +6,7 @@ in is refused); object types from qom-list-types.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +68,46 @@ def _probe_uncached(binary: str, host=None) -> dict:
             m.shutdown()
     return {"capabilities": caps, "parameters": params, "compression": comp,
             "object_types": types, "commands": cmds}
+
+
+def transports(binary: str, host=None) -> frozenset[str]:
+    """Migration transports the binary has built in, probed once and cached
+    (its own cache kind: the features entries keep their format)."""
+    from harness.qemu import binary as binary_mod
+    if host is not None and not host.is_local:
+        key = binary_mod._remote_identity(binary, host)[1]
+    else:
+        key, host = cache.file_key(binary), None
+    with cache.locked("transports", key):
+        hit = cache.load("transports", key)
+        if hit is None:
+            hit = {"transports": _probe_transports(binary, host)}
+            cache.store("transports", key, hit)
+    return frozenset(hit["transports"])
+
+
+def _probe_transports(binary: str, host=None) -> list[str]:
+    """Whether RDMA is built in: a QEMU without CONFIG_RDMA answers migrate-incoming
+    rdma:... with "unknown migration protocol" (the QAPI enum lists rdma either
+    way); with it, the attempt fails later (no device) or listens (then ends)."""
+    from harness.hosts.local import LocalHost
+    from harness.qemu.cmdline import GuestFiles
+    from harness.qemu.machine import Machine
+
+    spec = MachineSpec(binary=binary, name="transports", accel="tcg", machine_type="none",
+                       memory_mib=16, guest=GuestSpec(kind=GuestKind.NONE), paused=True,
+                       incoming="defer")
+    out = ["tcp", "unix", "exec", "file"]
+    with tempfile.TemporaryDirectory(prefix="qmh-transports-") as tmp:
+        m = Machine(host or LocalHost(), spec, Path(tmp) / "transports", GuestFiles())
+        try:
+            m.launch()
+            try:
+                m.cmd("migrate-incoming", {"uri": "rdma:127.0.0.1:0"}, timeout=30)
+                out.append("rdma")
+            except QMPCommandError as exc:
+                if not re.search(r"unknown migration protocol|valid migration protocol", exc.desc):
+                    out.append("rdma")
+        finally:
+            m.shutdown()
+    return out

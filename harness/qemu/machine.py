@@ -7,13 +7,14 @@ and the caller raises MachineFailure carrying the Outcome.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.hosts.base import Host, Process
-from harness.qemu import debug
+from harness.qemu import debug, sanitizer
 from harness.qemu.cmdline import GuestFiles, RunPaths, build_argv
 from harness.qemu.outcome import CORE_SIGNALS, Outcome, OutcomeKind, classify
 from harness.qemu.qmp import (Monitor, QMPCommandError, QMPDisconnected, QMPTimeout,
@@ -94,7 +95,10 @@ class Machine:
         (self.artifacts / "cmdline.txt").write_text(_shell_join(self.argv) + "\n")
         if not self.host.is_local:
             (self.artifacts / "host.txt").write_text(f"{self.host.name}\n")
-        env = dict(self.spec.env)
+        # Sanitizer options (whole alloc/free stacks, no leak report) unless the
+        # caller's environment or the spec sets its own; inert for other builds.
+        explicit = dict(self.spec.env)
+        env = {**sanitizer.child_env(dict(os.environ), explicit), **explicit}
         if env:
             (self.artifacts / "env.txt").write_text(
                 "".join(f"{k}={v}\n" for k, v in sorted(env.items())))
@@ -313,6 +317,9 @@ class Machine:
             self.run_dir = None
         self.outcome = outcome
         (self.artifacts / "outcome.json").write_text(json.dumps(outcome.to_dict(), indent=2) + "\n")
+        if outcome.sanitizer_report is not None:
+            # access/free/alloc stacks in full (the signature keeps only the top frames)
+            (self.artifacts / "asan.txt").write_text(sanitizer.report_text(self.stderr_text()))
         return outcome
 
 

@@ -41,6 +41,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.qemu import sanitizer
+
 __all__ = [
     "OutcomeKind",
     "Outcome",
@@ -155,7 +157,6 @@ _SAN_ERROR = re.compile(
 )
 _SAN_SUMMARY = re.compile(r"^SUMMARY: (?P<tool>\w+Sanitizer): (?P<msg>.*)$")
 _UBSAN = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?P<col>\d+): runtime error: (?P<msg>.*)$")
-_SAN_FRAME = re.compile(r"^\s*#(?P<n>\d+) 0x[0-9a-fA-F]+ in (?P<func>\S+)(?: (?P<loc>.*))?$")
 _SHELL_SIGNAL = re.compile(
     r"(?:^|\s)(?P<text>" + "|".join(re.escape(t) for t in _SHELL_SIGNAL_TEXT) + r")"
     r"(?:\s+\(core dumped\))?(?:\s|$)"
@@ -264,40 +265,11 @@ def _shell_signal(line: str) -> int | None:
     return None
 
 
-def _asan_report(stderr: str) -> tuple[str | None, str | None, list[Frame]]:
-    """(tool, bug kind, first stack) of a sanitizer report, or (None, None, [])."""
-    tool = kind = None
-    frames: list[Frame] = []
-    in_stack = False
-    for line in _lines(stderr):
-        s = line.strip()
-        m = _SAN_ERROR.match(s)
-        if m and tool is None:
-            tool = m["tool"]
-            msg = m["msg"]
-            if tool == "LeakSanitizer":
-                kind = "memory leak"
-            else:
-                # "heap-use-after-free on address 0x... at pc ..." -> "heap-use-after-free"
-                kind = re.split(r" on (?:address|unknown address)| at pc |:", msg, maxsplit=1)[0].strip()
-                kind = kind or msg
-            in_stack = True
-            continue
-        if tool is None:
-            mu = _UBSAN.match(s)
-            if mu:
-                tool, kind = "UndefinedBehaviorSanitizer", _truncate(_normalize_text(mu["msg"]), 80)
-                in_stack = True
-            continue
-        if in_stack:
-            mf = _SAN_FRAME.match(line)
-            if mf:
-                loc = mf["loc"] or ""
-                loc = "from " + loc.strip("()") if loc.startswith("(") else ("at " + loc if loc else "")
-                frames.append(Frame(mf["func"], loc))
-            elif frames:
-                break  # end of the first stack
-    return tool, kind, frames
+def _sanitizer_frames(report: "sanitizer.SanitizerReport | None") -> list[Frame]:
+    """The report's access stack as outcome Frames (clone suffixes normalised)."""
+    if report is None:
+        return []
+    return [Frame(sanitizer.normalize_func(f.func), f.location) for f in report.access]
 
 
 def _last_error_line(stderr: str) -> str | None:
@@ -566,6 +538,8 @@ class Outcome:
     stderr_tail: str = ""
     #: sanitizer tool and bug kind, e.g. ("AddressSanitizer", "heap-use-after-free")
     sanitizer: tuple[str, str] | None = None
+    #: the first sanitizer report: access/free/alloc stacks (harness.qemu.sanitizer)
+    sanitizer_report: sanitizer.SanitizerReport | None = dataclasses.field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -584,7 +558,8 @@ class Outcome:
                 "assertion": self.assertion, "crash_lines": list(self.crash_lines),
                 "core": str(self.core) if self.core else None, "core_note": self.core_note,
                 "top_frames": list(self.top_frames), "hang": self.hang, "detail": self.detail,
-                "artifact_dir": str(self.artifact_dir) if self.artifact_dir else None}
+                "artifact_dir": str(self.artifact_dir) if self.artifact_dir else None,
+                "sanitizer": self.sanitizer_report.to_dict() if self.sanitizer_report else None}
 
     @property
     def signature(self) -> str:
@@ -609,7 +584,7 @@ class Outcome:
         # CRASH
         if self.sanitizer is not None:
             tool, bug = self.sanitizer
-            head = f"crash {_SAN_SHORT.get(tool, tool)} {bug}"
+            head = f"crash {sanitizer.SHORT_TOOL.get(tool, tool)} {bug}"
         elif self.signal_name:
             head = f"crash {self.signal_name}"
         elif self.returncode is not None:
@@ -653,13 +628,6 @@ class Outcome:
         return "\n".join(out)
 
 
-_SAN_SHORT = {
-    "AddressSanitizer": "ASan",
-    "LeakSanitizer": "LSan",
-    "UndefinedBehaviorSanitizer": "UBSan",
-    "ThreadSanitizer": "TSan",
-    "MemorySanitizer": "MSan",
-}
 
 
 def _tail(text: str, n: int = 40) -> str:
@@ -694,8 +662,9 @@ def classify(
     art_p = Path(artifact_dir) if artifact_dir is not None else None
     assertion = parse_assertion(stderr_text)
     lines = crash_lines(stderr_text)
-    tool, bug, san_frames = _asan_report(stderr_text)
-    sanitizer = (tool, bug or "error") if tool else None
+    report = sanitizer.parse(stderr_text)
+    san = (report.tool, report.kind) if report else None
+    san_frames = _sanitizer_frames(report)
 
     sig: str | None = None
     if returncode is not None and returncode < 0:
@@ -711,11 +680,11 @@ def classify(
         if gsig and returncode is not None and returncode != 0:
             sig = gsig
 
-    frames: tuple[str, ...] = ()
-    if backtrace and not hang:
+    # A sanitizer's access stack names the bad access itself; a gdb backtrace of
+    # the same death would show the sanitizer's abort path around it.
+    frames: tuple[str, ...] = top_frames(san_frames) if san_frames else ()
+    if not frames and backtrace and not hang:
         frames = top_frames(crashing_thread_stack(backtrace))
-    if not frames and san_frames:
-        frames = top_frames(san_frames)
 
     base = dict(
         returncode=returncode,
@@ -729,7 +698,8 @@ def classify(
         artifact_dir=art_p,
         hang=hang,
         stderr_tail=_tail(stderr_text),
-        sanitizer=sanitizer,
+        sanitizer=san,
+        sanitizer_report=report,
     )
 
     if hang:
@@ -752,12 +722,12 @@ def classify(
         _signal.Signals[sig].value if sig and sig in _signal.Signals.__members__ else None
     )
     shell_sigs = [_shell_signal(ln) for ln in lines]
-    crashy_text = assertion is not None or sanitizer is not None or any(
+    crashy_text = assertion is not None or san is not None or any(
         n is None or n in CORE_SIGNALS for n in shell_sigs
     )
 
     # A declared-expected signal death (chaos: kill -9 on purpose) is not a crash.
-    if expected and returncode != 0 and not (assertion or sanitizer):
+    if expected and returncode != 0 and not (assertion or san):
         if returncode < 0:
             return Outcome(OutcomeKind.EXPECTED_ERROR, expected=True,
                            detail=f"killed by {sig} as expected", **base)
@@ -769,6 +739,10 @@ def classify(
     if returncode != 0 and crashy_text:
         return Outcome(OutcomeKind.CRASH,
                        detail=f"exit {returncode} with crash evidence on stderr", **base)
+    if san is not None:
+        # UBSan (halt_on_error=0) reports and lets QEMU exit normally: still a bug.
+        return Outcome(OutcomeKind.CRASH,
+                       detail=f"exit {returncode} after a {san[0]} report", **base)
     if signum is not None:
         return Outcome(OutcomeKind.KILLED,
                        detail=f"killed by {sig} (expected exit {want})", **base)

@@ -25,7 +25,8 @@ SHUTDOWN_QUERY_OTHER = KnownBug(
     url="https://lore.kernel.org/qemu-devel/?q=migrate_mode+MIG_MODE__MAX+monitor_cleanup",
     summary="migration queries dispatched by monitor_cleanup() after migration_shutdown() "
             "read the freed migration object (SIGSEGV variants of the seed bug)",
-    signature=r"crash SIG(SEGV|ABRT|BUS): .*(qmp_query_migrate|fill_source_migration_info|migrate_)")
+    # An ASan build names the use after free itself: "crash ASan heap-use-after-free: in ..."
+    signature=r"crash (SIG(SEGV|ABRT|BUS)|ASan [\w -]+?): .*(qmp_query_migrate|fill_source_migration_info|migrate_)")
 
 # Found by this harness: with an OOB-capable monitor, its I/O thread's JSON
 # parser wakes the QMP dispatcher coroutine while monitor_cleanup() tears it
@@ -34,7 +35,7 @@ SHUTDOWN_OOB_DISPATCHER_WAKE = KnownBug(
     url="https://lore.kernel.org/qemu-devel/?q=monitor_cleanup+aio_co_wake+qmp_dispatcher_co",
     summary="monitor I/O thread wakes the QMP dispatcher coroutine during monitor_cleanup(): "
             "SIGSEGV in aio_co_wake <- json_message_process_token",
-    signature=r"crash SIGSEGV: in aio_co_wake")
+    signature=r"crash (SIGSEGV|ASan SEGV on unknown address): in aio_co_wake")
 
 SHUTDOWN_FAMILY = (SHUTDOWN_QUERY_MIGRATE, SHUTDOWN_QUERY_OTHER, SHUTDOWN_OOB_DISPATCHER_WAKE)
 

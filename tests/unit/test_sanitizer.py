@@ -1,0 +1,107 @@
+"""Each sanitizer rule on a recorded report (tests/unit/samples/sanitizer/, see its README)."""
+from pathlib import Path
+
+import pytest
+
+from harness.qemu import sanitizer
+from harness.qemu.outcome import OutcomeKind, classify
+
+SAMPLES = Path(__file__).parent / "samples" / "sanitizer"
+ABRT = -6
+
+
+def sample(name: str) -> str:
+    return (SAMPLES / name).read_text()
+
+
+# sample, rule, tool, kind, access top frames, free top frames, alloc top frames
+CASES = [
+    ("uaf.stderr", "asan-memory-access", "AddressSanitizer", "heap-use-after-free",
+     ("obj_mode", "fill_info", "main"), ("obj_unref", "main"), ("obj_new", "main")),
+    ("overflow.stderr", "asan-memory-access", "AddressSanitizer", "heap-buffer-overflow",
+     ("main",), (), ("main",)),
+    ("double-free.stderr", "asan-double-free", "AddressSanitizer", "double-free",
+     ("obj_unref", "main"), ("obj_unref", "main"), ("obj_new", "main")),
+    ("bad-free.stderr", "asan-bad-free", "AddressSanitizer", "bad-free", ("main",), (), ("main",)),
+    ("mismatch.stderr", "asan-alloc-dealloc-mismatch", "AddressSanitizer", "alloc-dealloc-mismatch",
+     ("drop", "main"), (), ("main",)),
+    ("segv.stderr", "asan-wild-access", "AddressSanitizer", "SEGV on unknown address",
+     ("obj_mode", "fill_info", "main"), (), ()),
+    ("stack-overflow.stderr", "asan-stack-overflow", "AddressSanitizer", "stack-overflow",
+     ("recurse", "recurse"), (), ()),
+    ("too-big.stderr", "asan-allocation", "AddressSanitizer", "allocation-size-too-big", ("main",), (), ()),
+    ("overlap.stderr", "asan-other", "AddressSanitizer", "memcpy-param-overlap", ("main",), (), ()),
+    ("leak.stderr", "lsan-leak", "LeakSanitizer", "memory leak", ("leaky_setup", "main"), (), ()),
+    ("tsan.stderr", "tsan", "ThreadSanitizer", "data-race", ("bump", "main"), (), ()),
+    ("ubsan-shift.stderr", "ubsan-runtime-error", "UndefinedBehaviorSanitizer", "shift-out-of-bounds",
+     ("main",), (), ()),
+    ("ubsan-overflow.stderr", "ubsan-runtime-error", "UndefinedBehaviorSanitizer",
+     "signed-integer-overflow", ("main",), (), ()),
+    ("ubsan-null.stderr", "ubsan-runtime-error", "UndefinedBehaviorSanitizer", "null-pointer-use",
+     ("main",), (), ()),
+]
+
+
+def test_every_rule_has_a_sample():
+    assert {c[1] for c in CASES} == {r.name for r in sanitizer.RULES}
+
+
+@pytest.mark.parametrize("name,rule,tool,kind,access,free,alloc", CASES, ids=[c[0] for c in CASES])
+def test_rule_on_recorded_sample(name, rule, tool, kind, access, free, alloc):
+    r = sanitizer.parse(sample(name))
+    assert r is not None
+    assert (r.rule, r.tool, r.kind) == (rule, tool, kind)
+    assert r.top("access")[:len(access)] == access
+    assert r.top("free")[:len(free)] == free and (free or not r.top("free"))
+    assert r.top("alloc")[:len(alloc)] == alloc
+
+
+def test_use_free_alloc_sites_carry_file_and_line():
+    r = sanitizer.parse(sample("uaf.stderr"))
+    assert r.access_op.startswith("READ of size 4")
+    assert r.site("access") == "obj_mode /tmp/sanrec/san.c:11"
+    assert r.site("free") == "obj_unref /tmp/sanrec/san.c:10"
+    assert r.site("alloc") == "obj_new /tmp/sanrec/san.c:9"
+    assert r.summary.startswith("SUMMARY: AddressSanitizer: heap-use-after-free")
+    text = sanitizer.report_text(sample("uaf.stderr"))
+    assert "# free site: obj_unref /tmp/sanrec/san.c:10" in text
+    assert "previously allocated by thread T0 here:" in text and "Shadow bytes" not in text
+
+
+def test_outcome_signature_is_kind_plus_normalised_top_frames():
+    out = classify(ABRT, sample("uaf.stderr"))
+    assert out.kind is OutcomeKind.CRASH and out.sanitizer == ("AddressSanitizer", "heap-use-after-free")
+    assert out.signature == "crash ASan heap-use-after-free: in obj_mode <- fill_info"
+    assert out.to_dict()["sanitizer"]["free_site"] == "obj_unref /tmp/sanrec/san.c:10"
+    segv = classify(ABRT, sample("segv.stderr"))
+    assert segv.signature == "crash ASan SEGV on unknown address: in obj_mode <- fill_info"
+
+
+def test_ubsan_report_with_exit_0_is_still_a_crash():
+    out = classify(0, "some output\n" + sample("ubsan-shift.stderr"))
+    assert out.kind is OutcomeKind.CRASH
+    assert out.signature == "crash UBSan shift-out-of-bounds: in main"
+
+
+def test_ubsan_prints_many_reports():
+    reports = sanitizer.parse_all(sample("ubsan-shift.stderr") + sample("ubsan-overflow.stderr"))
+    assert [r.kind for r in reports] == ["shift-out-of-bounds", "signed-integer-overflow"]
+
+
+def test_clone_suffixes_group_as_one_function():
+    assert sanitizer.normalize_func("fill_source_migration_info.isra.0") == "fill_source_migration_info"
+    assert sanitizer.normalize_func("qmp_query_migrate.constprop.2.cold") == "qmp_query_migrate"
+    a = "    #0 0x1 in f.part.0 /x.c:1\n    #1 0x2 in g /x.c:2\n"
+    b = "    #0 0x1 in f /x.c:3\n    #1 0x2 in g.isra.1 /x.c:4\n"
+    head = "==1==ERROR: AddressSanitizer: heap-use-after-free on address 0x1 at pc 0x1 bp 0x1 sp 0x1\n"
+    assert classify(ABRT, head + a).signature == classify(ABRT, head + b).signature
+
+
+def test_child_env_defaults_never_override():
+    assert sanitizer.child_env({}, {})["ASAN_OPTIONS"].startswith("fast_unwind_on_malloc=0")
+    assert "ASAN_OPTIONS" not in sanitizer.child_env({"ASAN_OPTIONS": "x=1"}, {})
+    assert "UBSAN_OPTIONS" not in sanitizer.child_env({}, {"UBSAN_OPTIONS": "y=1"})
+
+
+def test_no_report_in_plain_stderr():
+    assert sanitizer.parse("qemu-system-x86_64: terminating on signal 15 from pid 1\n") is None
