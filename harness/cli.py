@@ -1,9 +1,68 @@
-"""`harness` console script: images | qemu (more subcommands land with their issues)."""
+"""`harness` console script: images | qemu | hammer | chaos | report | hosts."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+# qtest's variables: the default binary of every subcommand's --qemu/--qemu-src/--qemu-dst.
+QEMU_ENV = {"qemu": "QTEST_QEMU_BINARY", "qemu_src": "QTEST_QEMU_BINARY_SRC",
+            "qemu_dst": "QTEST_QEMU_BINARY_DST"}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after every option's help; descriptions keep their line breaks."""
+
+    def _get_help_string(self, action):
+        # A flag's False or an unset None says nothing: show real defaults only.
+        if action.default in (None, False) or isinstance(action, argparse._VersionAction):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """Every (sub)parser shows defaults: subparsers inherit the parser class."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def version_text() -> str:
+    """`harness --version`: this harness and the QEMU it would use by default."""
+    from harness import __version__
+    from harness.qemu.binary import BinaryError, probe
+    binary = os.environ.get(QEMU_ENV["qemu"]) or "qemu-system-x86_64"
+    try:
+        b = probe(binary)
+        qemu = f"QEMU {b.version} ({b.path}{', ' + b.package if b.package else ''})"
+    except BinaryError as exc:
+        qemu = f"QEMU: {exc}"
+    return f"harness {__version__}\n{qemu}"
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
+
+
+def env_defaults(parser: argparse.ArgumentParser) -> None:
+    """QTEST_QEMU_BINARY* become the defaults of --qemu/--qemu-src/--qemu-dst (and of a
+    positional `binary`) in every subcommand, so one exported variable steers them all."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in dict.fromkeys(action.choices.values()):
+                env_defaults(sp)
+            continue
+        dest = "qemu" if action.dest == "binary" else action.dest
+        value = os.environ.get(QEMU_ENV.get(dest, ""), "") if dest in QEMU_ENV else ""
+        if value and action.default in (None, "qemu-system-x86_64"):
+            action.default = value
 
 
 def _cmd_qemu(args) -> int:
@@ -22,11 +81,14 @@ def _cmd_qemu(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="harness", description="QEMU migration test harness")
+    parser = Parser(prog="harness", description="QEMU migration test harness")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the harness version and the default QEMU's version")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("images", help="build or locate guest images", add_help=False)
     q = sub.add_parser("qemu", help="show what the harness knows about a QEMU binary")
-    q.add_argument("binary", nargs="?", default="qemu-system-x86_64")
+    q.add_argument("binary", nargs="?", default="qemu-system-x86_64",
+                   help="QEMU binary (path or name on PATH; $QTEST_QEMU_BINARY if set)")
     q.add_argument("--accel", action="store_true", help="also measure accel=auto (boots guests)")
     from harness.stress import command as hammer_cmd
     hammer_cmd.add_parser(sub)
@@ -36,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     report_cmd.add_parser(sub)
     from harness.hosts import command as hosts_cmd
     hosts_cmd.add_parser(sub)
+    env_defaults(parser)
     if argv[:1] == ["images"]:
         from harness.guest import images
         return _guard(lambda: images.main(argv[1:]))

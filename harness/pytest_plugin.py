@@ -125,6 +125,9 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def harness_config(pytestconfig) -> HarnessConfig:
+    """Session: the validated command-line choices (HarnessConfig): source and destination
+    QEMU binaries (--qemu*, $QTEST_QEMU_BINARY*), --accel, --guest, --machine-type,
+    artifact root. A bad binary is a usage error before any test runs."""
     o = pytestconfig.option
     try:
         cfg = HarnessConfig.from_options(qemu=o.qemu, qemu_src=o.qemu_src, qemu_dst=o.qemu_dst,
@@ -140,7 +143,8 @@ def harness_config(pytestconfig) -> HarnessConfig:
 
 @pytest.fixture(scope="session")
 def harness_fleet(pytestconfig):
-    """With --inventory: this worker's view of the hosts (SSH connections, slots)."""
+    """Session: with --inventory, this worker's Fleet (SSH connections, slots, preflight
+    facts of the inventory's hosts); None when QEMU runs locally."""
     o = pytestconfig.option
     if not o.inventory:
         yield None
@@ -193,7 +197,8 @@ def _place(request, fleet):
 
 @pytest.fixture
 def qemu_accel(harness_config, harness_run) -> str:
-    """The accelerator actually used (auto: measured on the source's host, cached)."""
+    """The accelerator this test's QEMUs use: 'tcg' or 'kvm' (--accel auto is measured
+    once per binary on the source's host and cached)."""
     src = side_binaries(harness_config, harness_run)[0].path
     p = harness_run.placement
     return accel_mod.resolve(src, harness_config.accel, None if p.src.is_local else p.src)
@@ -201,6 +206,11 @@ def qemu_accel(harness_config, harness_run) -> str:
 
 @pytest.fixture
 def harness_run(request, harness_config, harness_fleet) -> TestRun:
+    """This test's TestRun: owns every QEMU the test starts (harness_run.machine(spec)),
+    its artifact dir (harness_run.artifacts) and, with --inventory, its host placement.
+    After the test it shuts each machine down and judges how it exited: a crash or hang
+    fails the test with the signature first. Artifacts of passing tests are removed
+    unless --keep-artifacts."""
     stamp = request.config._harness_run_stamp
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     art = harness_config.artifacts_root / stamp / safe_dirname(request.node.nodeid)
@@ -249,6 +259,9 @@ def _set_property(node, name: str, value) -> None:
 
 @pytest.fixture
 def base_spec(harness_config, harness_run, qemu_accel, malloc_perturb) -> MachineSpec:
+    """The MachineSpec the command line asks for: source binary, accelerator, machine type
+    (with two binaries the newest pc-q35-X.Y both have), guest, seeded MALLOC_PERTURB_.
+    Derive your own with base_spec.with_(smp=2, memory_mib=512, extra_args=(...))."""
     env = (("MALLOC_PERTURB_", str(malloc_perturb)),) if malloc_perturb else ()
     src, dst = side_binaries(harness_config, harness_run)
     return MachineSpec(binary=src.path, accel=qemu_accel,
@@ -272,7 +285,9 @@ def _machine_type(cfg: HarnessConfig, src, dst) -> str:
 
 @pytest.fixture
 def machine_factory(harness_run, base_spec):
-    """machine_factory(name='vm', **spec_changes) -> launched Machine."""
+    """machine_factory(name='vm', launch=True, **spec_changes) -> Machine: one QEMU from
+    base_spec with the changes (any MachineSpec field), owned by harness_run. Use it for
+    single-VM tests or pairs with unusual wiring; machine.cmd('query-status') talks QMP."""
     def make(name: str = "vm", launch: bool = True, **changes) -> Machine:
         return harness_run.machine(base_spec.with_(name=name, **changes), launch=launch)
     return make
@@ -280,6 +295,11 @@ def machine_factory(harness_run, base_spec):
 
 @pytest.fixture
 def migration_pair(harness_run, base_spec, harness_config):
+    """A launched Pair: pair.src runs the guest, pair.dst waits with -incoming defer, paused
+    (-S) so its RAM can be compared byte for byte. Drive it with
+    harness.migration.drivers.precopy(pair, Transport.TCP, caps=..., params=...) and check
+    it with drivers.prove_integrity(pair). Build your own with
+    harness.migration.pair.make_pair(harness_run, spec, src_extra=..., dst_extra=...)."""
     from harness.migration.pair import make_pair
     return make_pair(harness_run, base_spec,
                      dst_binary=side_binaries(harness_config, harness_run)[1].path)

@@ -85,11 +85,15 @@ class ImageError(RuntimeError):
 
 
 def source_dir() -> Path:
-    """The image sources: ``$HARNESS_IMAGE_SRC`` or ``images/`` of this repo."""
+    """The image sources: ``$HARNESS_IMAGE_SRC``, else ``harness/guest/sources``.
+
+    In a checkout that is a symlink to the repo's top-level ``images/``; a built
+    wheel carries a copy of it as package data, so an installed harness builds its
+    guest images without the repository."""
     env = os.environ.get("HARNESS_IMAGE_SRC")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "images"
+    return Path(__file__).resolve().parent / "sources"
 
 
 def image_dir() -> Path:

@@ -19,10 +19,15 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.9/3.10: the backport, same API
+    import tomli as tomllib
 
 DEFAULT_QEMU = "qemu-system-x86_64"
 # sun_path is 108 bytes; the harness puts "<run_root>/<private dir>/<socket>" there.

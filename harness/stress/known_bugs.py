@@ -3,6 +3,8 @@
 A recipe hitting one of these is a strict expected failure carrying the
 reference; any other signature is a new finding and fails the test.
 """
+from __future__ import annotations
+
 from harness.migration.scenario import KnownBug
 
 
