@@ -13,10 +13,6 @@ from harness.qemu.machine import Machine
 from harness.qemu.spec import GuestSpec, MachineSpec
 from harness.run import TestRun
 
-# Scenario options whose value is materialised per test (object with
-# .materialize(workdir) -> harness.migration.tls.Setup): credentials, ...
-SETUP_OPTIONS = ("tls",)
-
 
 @dataclass
 class ScenarioContext:
@@ -34,8 +30,8 @@ class ScenarioContext:
             changes["guest"] = GuestSpec(kind=s.guest)
         if s.memory_mib is not None:
             changes["memory_mib"] = s.memory_mib
-        if s.options.get("accel_props"):
-            changes["accel_props"] = s.options["accel_props"]
+        if s.options.accel_properties():
+            changes["accel_props"] = s.options.accel_properties()
         return cls(s, run, base.with_(**changes), src_binary, dst_binary)
 
     def pair(self, *, dst_paused: bool = True, src_extra: tuple[str, ...] = (),
@@ -45,7 +41,7 @@ class ScenarioContext:
                          src_extra=s.src_args + st.src_args + src_extra,
                          dst_extra=s.dst_args + st.dst_args + dst_extra)
 
-    # -- per-test setup declared in options (TLS credentials...) -------------
+    # -- per-test setup declared in the options (TLS credentials) ------------
     @property
     def workdir(self) -> Path:
         """A directory of this test's own (inside its artifacts: kept on failure)."""
@@ -55,13 +51,12 @@ class ScenarioContext:
 
     @cached_property
     def setup(self) -> Setup:
-        """Everything SETUP_OPTIONS materialise, made once per test."""
+        """What the options' TLS setup materialises, made once per test."""
         total = Setup()
-        dst_address = self.run.placement.dst.listen_address
-        for key in SETUP_OPTIONS:
-            obj = self.scenario.options.get(key)
-            if obj is not None:
-                total = total + obj.materialize(self.workdir, dst_address=dst_address)
+        tls = self.scenario.options.tls_setup()
+        if tls is not None:
+            total = total + tls.materialize(self.workdir,
+                                            dst_address=self.run.placement.dst.listen_address)
         return self._staged(total)
 
     def _staged(self, st: Setup) -> Setup:

@@ -1,7 +1,9 @@
 """`during` hooks: observe or steer a running precopy migration.
 
-A scenario names one with options={"during": "<name>"}; the precopy flow calls
-it right after `migrate` and before waiting for completion. Each hook proves
+A scenario references the functions themselves,
+options=PrecopyOptions(during=(hooks.dirty_pass, hooks.pause_before_switchover));
+the precopy flow runs them in order right after `migrate` and before waiting for
+completion. Each hook proves
 the feature really acted (not just that the capability was accepted) and
 returns what it saw, which lands in metrics.json under "observed".
 
@@ -27,33 +29,20 @@ SAMPLE_EVERY = 0.1
 # so features acting per pass show up within seconds.
 ITERATE_BANDWIDTH = 300_000_000
 
-HOOKS: dict[str, Callable[[Pair], dict]] = {}
-
-
-def hook(name: str):
-    def deco(fn):
-        HOOKS[name] = fn
-        return fn
-    return deco
-
-
-def get(names: str | tuple[str, ...] | None):
-    """The hook for a name, or one running several in order (their observations merged)."""
-    if names is None:
+def chain(hooks: tuple[Callable[[Pair], dict], ...]) -> Callable[[Pair], dict] | None:
+    """None for no hook, the hook itself for one, else one running them in order
+    (their observations merged)."""
+    if not hooks:
         return None
-    names = (names,) if isinstance(names, str) else tuple(names)
-    for n in names:
-        if n not in HOOKS:
-            raise LookupError(f"no during-hook named '{n}' (known: {', '.join(sorted(HOOKS))})")
-    if len(names) == 1:
-        return HOOKS[names[0]]
+    if len(hooks) == 1:
+        return hooks[0]
 
-    def chain(pair: Pair) -> dict:
+    def chained(pair: Pair) -> dict:
         seen: dict = {}
-        for n in names:
-            seen.update(HOOKS[n](pair) or {})
+        for h in hooks:
+            seen.update(h(pair) or {})
         return seen
-    return chain
+    return chained
 
 
 def _active_or_fail(info: dict, what: str, samples: list) -> None:
@@ -67,7 +56,6 @@ def _active_or_fail(info: dict, what: str, samples: list) -> None:
 DIRTY_SYNCS = 3   # the bulk pass, then two passes over what the guest dirtied meanwhile
 
 
-@hook("dirty-pass")
 def dirty_pass(pair: Pair) -> dict:
     """qtest's migrate_wait_for_dirty_mem: keep the migration from converging until
     the guest has dirtied already-sent memory and it was sent again (dirty-sync-count
@@ -97,7 +85,6 @@ SHAPED_RATE = 2_000_000   # bytes/s: far below what TCG migrates unshaped (~100+
 SHAPED_SECONDS = 3.0
 
 
-@hook("link-shaped")
 def link_shaped(pair: Pair) -> dict:
     """A tbf on the source host's migration interface (egress: the stream's direction)
     caps the migration at SHAPED_RATE; the throughput QEMU reaches meanwhile must sit
@@ -122,7 +109,6 @@ def link_shaped(pair: Pair) -> dict:
     return {"tbf_bytes_per_s": SHAPED_RATE, "measured_bytes_per_s": round(rate)}
 
 
-@hook("pause-before-switchover")
 def pause_before_switchover(pair: Pair) -> dict:
     """Wait for pre-switchover: the source's guest must be stopped and the
     destination still loading; then migrate-continue."""
@@ -139,7 +125,6 @@ def pause_before_switchover(pair: Pair) -> dict:
             "remaining_bytes": remaining}
 
 
-@hook("auto-converge")
 def auto_converge(pair: Pair) -> dict:
     """While the migration cannot converge, the source's vCPU throttle must start at
     cpu-throttle-initial and rise; then let it converge."""
@@ -174,7 +159,6 @@ def auto_converge(pair: Pair) -> dict:
             "cpu_throttle_increment": increment}
 
 
-@hook("xbzrle")
 def xbzrle(pair: Pair) -> dict:
     """Iterate without converging until XBZRLE has really encoded pages (a page is
     only encoded once it is in the cache, from the third pass on); then converge."""
@@ -195,7 +179,6 @@ def xbzrle(pair: Pair) -> dict:
     return {"xbzrle_cache": cache, "dirty_sync_count": info.get("ram", {}).get("dirty-sync-count")}
 
 
-@hook("dirty-limit")
 def dirty_limit(pair: Pair) -> dict:
     """Like qtest's dirty_limit: the per-vCPU dirty limit must engage (throttle time
     per round > 0, query-vcpu-dirty-limit shows the configured rate); then converge."""

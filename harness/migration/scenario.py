@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from harness.migration import options as opts
+from harness.migration.options import FlowOptions
 from harness.migration.transports import Transport
 from harness.qemu.spec import GuestKind, SpecError
 
@@ -32,6 +34,21 @@ class Flow(enum.Enum):
     PING_PONG = "ping-pong"             # A -> B -> A -> B, binaries swapping sides
     RDMA = "rdma"                       # rdma:HOST:PORT (its own flow: no socket-address)
 
+
+# The one options class each flow takes (harness.migration.options).
+OPTIONS_FOR: Mapping[Flow, type[FlowOptions]] = MappingProxyType({
+    Flow.PRECOPY: opts.PrecopyOptions,
+    Flow.POSTCOPY: opts.PostcopyOptions,
+    Flow.POSTCOPY_RECOVERY: opts.RecoveryOptions,
+    Flow.FILE: opts.FileOptions,
+    Flow.BACKGROUND_SNAPSHOT: opts.SnapshotOptions,
+    Flow.CANCEL: opts.CancelOptions,
+    Flow.CPR_REBOOT: opts.CprRebootOptions,
+    Flow.CPR_TRANSFER: opts.CprTransferOptions,
+    Flow.COLO: opts.ColoOptions,
+    Flow.PING_PONG: opts.PingPongOptions,
+    Flow.RDMA: opts.RdmaOptions,
+})
 
 # fd passing and exec FIFOs/unix sockets live in one host's kernel or filesystem; file,
 # snapshot and cpr flows hand a file from source to destination; COLO shares disks.
@@ -100,7 +117,7 @@ class Scenario:
     src_args: tuple[str, ...] = ()
     dst_args: tuple[str, ...] = ()
     requires: tuple[Any, ...] = ()       # harness.migration.requirements objects
-    options: Mapping[str, Any] = field(default_factory=dict)     # flow-specific knobs
+    options: FlowOptions | None = None  # OPTIONS_FOR[flow]; None: that class's defaults
     known_bug: KnownBug | None = None
     timeout: float = 120.0
     note: str = ""
@@ -111,24 +128,37 @@ class Scenario:
         bad = set(self.tiers) - TIERS
         if bad or not self.tiers:
             raise SpecError(f"scenario {self.path}: tiers {sorted(bad) or '[]'} not in {sorted(TIERS)}")
-        for name in ("caps", "params", "dst_params", "options"):
+        for name in ("caps", "params", "dst_params"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         for k, v in self.caps.items():
             if not isinstance(v, bool):
                 raise SpecError(f"scenario {self.path}: capability {k} must be true/false, got {v!r}")
         if not isinstance(self.flow, Flow) or not isinstance(self.transport, Transport):
             raise SpecError(f"scenario {self.path}: flow/transport must be Flow/Transport members")
+        self._check_options()
         if isinstance(self.src_args, str) or isinstance(self.dst_args, str):
             raise SpecError(f"scenario {self.path}: src_args/dst_args must be tuples of strings")
         object.__setattr__(self, "tiers", frozenset(self.tiers))
 
+    def _check_options(self) -> None:
+        want = OPTIONS_FOR[self.flow]
+        if self.options is None:
+            try:
+                object.__setattr__(self, "options", want())
+            except SpecError as exc:
+                raise SpecError(f"scenario {self.path}: {exc}") from None
+        elif type(self.options) is not want:
+            raise SpecError(f"scenario {self.path}: flow {self.flow.value} takes "
+                            f"options={want.__name__}(...), not {type(self.options).__name__}")
+
     @property
     def local_only(self) -> str | None:
         """Why this scenario needs its QEMUs on the controller itself, or None."""
-        if self.transport is Transport.FD or self.options.get("fdset"):
+        if self.transport is Transport.FD:
             return "hands QEMU file descriptors opened here (SCM_RIGHTS)"
-        if self.options.get("double_failure"):
-            return "its double failures hand socketpairs to QEMU over SCM_RIGHTS"
+        why = self.options.local_only()
+        if why:
+            return why
         if self.flow is Flow.CPR_TRANSFER:
             return "cpr-transfer watches its UNIX sockets in a directory here"
         return None
@@ -136,8 +166,7 @@ class Scenario:
     @property
     def needs_one_host(self) -> bool:
         """Both QEMUs share files or descriptors: placed on one host (see hosts.placement)."""
-        return (self.transport in _ONE_HOST_TRANSPORTS or self.flow in _ONE_HOST_FLOWS
-                or bool(self.options.get("one_host")))
+        return self.transport in _ONE_HOST_TRANSPORTS or self.flow in _ONE_HOST_FLOWS
 
     @property
     def family(self) -> str:

@@ -1,6 +1,6 @@
 """TLS for migration: credentials generated at test time, QEMU objects, parameters.
 
-A scenario declares what it wants (options={"tls": Psk(...)} or X509(...));
+A scenario declares what it wants (options=PrecopyOptions(tls=Psk(...)) or X509(...));
 ScenarioContext materialises it into the test's own directory: the credential
 files, the `-object tls-creds-*` arguments for each side and the tls-creds /
 tls-hostname migration parameters. Negative cases (wrong key, unknown CA,

@@ -9,6 +9,7 @@ from harness.migration import catalog, requirements
 from harness.migration.families import colo as colo_family
 from harness.migration.flows.colo import NEVER_ENTERED, ColoSetup
 from harness.migration.flows.cpr import unix_listening
+from harness.migration.options import RecoveryBreak
 from harness.migration.scenario import Flow, KnownBug, Result
 from harness.qemu.binary import QemuBinary, common_machine_type
 
@@ -50,9 +51,9 @@ def test_ids_follow_qtest_where_qtest_has_them():
 
 
 def test_recovery_breaks_are_declared_three_ways():
-    breaks = {s.options.get("break") for s in catalog.select(None, ("postcopy",))
+    breaks = {s.options.method for s in catalog.select(None, ("postcopy",))
               if s.flow is Flow.POSTCOPY_RECOVERY}
-    assert {"pause-source", "pause-both", "proxy-cut"} <= breaks
+    assert {RecoveryBreak.PAUSE_SOURCE, RecoveryBreak.PAUSE_BOTH, RecoveryBreak.PROXY_CUT} <= breaks
 
 
 def test_refusals_carry_what_to_match():

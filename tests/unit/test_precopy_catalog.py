@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from harness.migration import catalog, hooks, requirements
-from harness.migration.flows import cancel as cancel_flow
+from harness.migration.options import CancelOptions, PrecopyOptions
 from harness.migration.scenario import Flow, Result
 from harness.migration.tls import X509, Psk, Setup
 from harness.migration.transports import Target, Transport, fdset_uri, file_uri
@@ -25,14 +25,14 @@ def test_own_families_have_exactly_one_smoke_scenario():
 
 def test_during_hooks_and_options_are_known():
     for s in _own():
-        if "during" in s.options:
-            assert hooks.get(s.options["during"]) is not None, s.path
+        if isinstance(s.options, PrecopyOptions) and s.options.during:
+            assert all(callable(h) and h.__module__ == hooks.__name__ for h in s.options.during)
             # A hook that waits for passes needs a migration that cannot converge alone.
             assert s.converge is False, f"{s.path}: during-hooks run a non-converging phase"
         if s.flow is Flow.CANCEL:
-            assert s.options["at"] in cancel_flow.KNOWN, s.path
-        if "tls" in s.options:
-            assert hasattr(s.options["tls"], "materialize"), s.path
+            assert isinstance(s.options, CancelOptions) and s.options.at is not None, s.path
+        if s.options.tls_setup() is not None:
+            assert hasattr(s.options.tls_setup(), "materialize"), s.path
 
 
 def test_expected_failures_say_what_to_match():
@@ -47,11 +47,25 @@ def test_known_bugs_carry_a_signature():
             assert s.known_bug.signature, f"{s.path}: a known bug needs a failure signature"
 
 
-def test_hooks_chain_and_unknown_name():
-    with pytest.raises(LookupError, match="no during-hook named 'nope'"):
-        hooks.get("nope")
-    assert hooks.get(None) is None
-    assert callable(hooks.get(("dirty-pass", "pause-before-switchover")))
+def test_hooks_chain_runs_in_order_and_merges():
+    assert hooks.chain(()) is None
+    assert hooks.chain((hooks.dirty_pass,)) is hooks.dirty_pass
+    calls = []
+
+    def a(pair):
+        calls.append(("a", pair))
+        return {"x": 1}
+
+    def b(pair):
+        calls.append(("b", pair))
+        return {"y": 2}
+    assert hooks.chain((a, b))("P") == {"x": 1, "y": 2}
+    assert calls == [("a", "P"), ("b", "P")]
+
+
+def test_pause_before_switchover_runs_after_dirty_passes():
+    s = catalog.by_path()["/migration/precopy/tcp/pause-before-switchover"]
+    assert s.options.during == (hooks.dirty_pass, hooks.pause_before_switchover)
 
 
 def test_target_migrate_args():
@@ -145,5 +159,6 @@ def test_accel_props_reach_the_accel_option():
 
 def test_dirty_limit_scenario_asks_for_a_dirty_ring():
     s = catalog.by_path()["/migration/precopy/unix/dirty-limit"]
-    assert s.options["accel_props"] == "dirty-ring-size=4096"
+    assert s.options.accel_props == "dirty-ring-size=4096"
+    assert s.options.accel_properties() == "dirty-ring-size=4096"
     assert any(isinstance(r, requirements.Accel) and r.name == "kvm" for r in s.requires)

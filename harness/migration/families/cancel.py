@@ -2,6 +2,7 @@
 migration passes through (qtest names), then the guest is proven intact: on a fresh
 destination after a real cancel, on the same one when the cancel had nothing to do.
 Cancel during postcopy (refused) lives with the postcopy family."""
+from harness.migration.options import CancelOptions, CancelPoint
 from harness.migration.requirements import Capability, MinVersion
 from harness.migration.scenario import Flow, KnownBug, Scenario
 from harness.migration.transports import Transport
@@ -9,9 +10,9 @@ from harness.migration.transports import Transport
 SMOKE = frozenset({"smoke", "full"})
 
 
-def _cancel(at: str, tiers=frozenset({"full"}), **kw) -> Scenario:
-    return Scenario(f"/migration/cancel/src/after/{at}", flow=Flow.CANCEL,
-                    transport=Transport.UNIX, options={"at": at, **kw.pop("options", {})},
+def _cancel(at: CancelPoint, tiers=frozenset({"full"}), attempts: int = 1, **kw) -> Scenario:
+    return Scenario(f"/migration/cancel/src/after/{at.value}", flow=Flow.CANCEL,
+                    transport=Transport.UNIX, options=CancelOptions(at=at, attempts=attempts),
                     tiers=tiers, **kw)
 
 
@@ -25,23 +26,23 @@ SPLIT_BRAIN = KnownBug(
 )
 
 SCENARIOS = (
-    _cancel("none", note="migrate_cancel with no migration is a no-op on both sides; the "
+    _cancel(CancelPoint.NONE, note="migrate_cancel with no migration is a no-op on both sides; the "
                          "following migration to the same destination works"),
-    _cancel("setup", note="cancel as soon as 'setup' is seen (the source may already be "
+    _cancel(CancelPoint.SETUP, note="cancel as soon as 'setup' is seen (the source may already be "
                           "'active' when the command lands; the events record which)"),
-    _cancel("active", tiers=SMOKE),
-    _cancel("pre-switchover", requires=(Capability("pause-before-switchover"),),
+    _cancel(CancelPoint.ACTIVE, tiers=SMOKE),
+    _cancel(CancelPoint.PRE_SWITCHOVER, requires=(Capability("pause-before-switchover"),),
             note="cancel while paused before switchover: the stopped guest must run again"),
-    _cancel("device", requires=(Capability("pause-before-switchover"), MinVersion((9, 1, 0))),
-            caps={"return-path": True}, options={"attempts": 12}, known_bug=SPLIT_BRAIN,
+    _cancel(CancelPoint.DEVICE, requires=(Capability("pause-before-switchover"), MinVersion((9, 1, 0))),
+            caps={"return-path": True}, attempts=12, known_bug=SPLIT_BRAIN,
             note="qtest skips 'device' ('happens too fast'); here the cancel is sent the moment "
                  "'device' is seen, on up to 12 fresh pairs until a split brain shows. "
                  "Consistent outcomes (cancel wins, or comes too late and both complete) are "
                  "fine. On 10.0.2 one attempt splits ~60% of the time with return-path (which "
                  "widens the window: the source waits for the destination's reply), ~35% "
                  "without"),
-    _cancel("cancelling", note="a second cancel while the first is in progress"),
-    _cancel("cancelled", note="a second cancel after the first finished"),
-    _cancel("completed", note="cancel after completion changes nothing: both stay completed"),
-    _cancel("failed", note="the destination never listened: cancel leaves 'failed' alone"),
+    _cancel(CancelPoint.CANCELLING, note="a second cancel while the first is in progress"),
+    _cancel(CancelPoint.CANCELLED, note="a second cancel after the first finished"),
+    _cancel(CancelPoint.COMPLETED, note="cancel after completion changes nothing: both stay completed"),
+    _cancel(CancelPoint.FAILED, note="the destination never listened: cancel leaves 'failed' alone"),
 )

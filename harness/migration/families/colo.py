@@ -5,6 +5,7 @@ On QEMU < 10.2 the primary never enters 'colo' (its migration ends
 failures that only accept exactly that failure (KnownBug.signature).
 """
 from harness.migration.flows.colo import NEVER_ENTERED
+from harness.migration.options import ColoAt, ColoOptions, ColoPeer, ColoSide
 from harness.migration.requirements import Command, MinVersion, ObjectType
 from harness.migration.scenario import Flow, KnownBug, Scenario
 
@@ -20,22 +21,26 @@ COLO_NEVER_ENTERED = KnownBug(
 MULTIFD = NEEDS + (MinVersion((10, 2, 0)),)
 
 
-def colo(path: str, failover: str, at: str = "idle", peer: str = "alive", tiers=FULL, caps=None,
-         requires=NEEDS, bug=COLO_NEVER_ENTERED) -> Scenario:
+def colo(path: str, failover: ColoSide, at: ColoAt = ColoAt.IDLE, peer: ColoPeer = ColoPeer.ALIVE,
+         tiers=FULL, caps=None, requires=NEEDS, bug=COLO_NEVER_ENTERED) -> Scenario:
     return Scenario(path, flow=Flow.COLO, tiers=tiers, caps=caps or {}, requires=requires,
-                    known_bug=bug, options={"failover": failover, "at": at, "peer": peer},
+                    known_bug=bug, options=ColoOptions(failover=failover, at=at, peer=peer),
                     timeout=120.0)
 
 
 SCENARIOS = (
-    colo("/migration/colo/plain/primary_failover", "primary", tiers=SMOKE),
-    colo("/migration/colo/plain/secondary_failover", "secondary"),
-    colo("/migration/colo/plain/primary_failover_checkpoint", "primary", at="checkpoint"),
-    colo("/migration/colo/plain/secondary_failover_checkpoint", "secondary", at="checkpoint"),
-    colo("/migration/colo/plain/primary_failover/peer-killed", "primary", peer="killed"),
-    colo("/migration/colo/plain/secondary_failover/peer-killed", "secondary", peer="killed"),
-    colo("/migration/colo/multifd/primary_failover", "primary", caps={"multifd": True},
+    colo("/migration/colo/plain/primary_failover", ColoSide.PRIMARY, tiers=SMOKE),
+    colo("/migration/colo/plain/secondary_failover", ColoSide.SECONDARY),
+    colo("/migration/colo/plain/primary_failover_checkpoint", ColoSide.PRIMARY,
+         at=ColoAt.CHECKPOINT),
+    colo("/migration/colo/plain/secondary_failover_checkpoint", ColoSide.SECONDARY,
+         at=ColoAt.CHECKPOINT),
+    colo("/migration/colo/plain/primary_failover/peer-killed", ColoSide.PRIMARY,
+         peer=ColoPeer.KILLED),
+    colo("/migration/colo/plain/secondary_failover/peer-killed", ColoSide.SECONDARY,
+         peer=ColoPeer.KILLED),
+    colo("/migration/colo/multifd/primary_failover", ColoSide.PRIMARY, caps={"multifd": True},
          requires=MULTIFD),
-    colo("/migration/colo/multifd/secondary_failover", "secondary", caps={"multifd": True},
+    colo("/migration/colo/multifd/secondary_failover", ColoSide.SECONDARY, caps={"multifd": True},
          requires=MULTIFD),
 )

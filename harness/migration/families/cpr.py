@@ -2,6 +2,7 @@
 
 See harness/migration/flows/cpr.py for the sequences and proofs.
 """
+from harness.migration.options import CprRebootOptions, CprTransferOptions
 from harness.migration.requirements import MinVersion
 from harness.migration.scenario import Expect, Flow, Result, Scenario
 
@@ -13,19 +14,19 @@ CPR_REBOOT = (MinVersion((8, 2, 0)),)      # the 'mode' parameter arrived in 8.2
 SCENARIOS = (
     Scenario("/migration/cpr/reboot", flow=Flow.CPR_REBOOT, tiers=SMOKE, requires=CPR_REBOOT,
              memory_mib=128,
-             options={"shared_ram": True},
+             options=CprRebootOptions(shared_ram=True),
              note="guest RAM in a share=on file, x-ignore-shared: RAM stays in place"),
     Scenario("/migration/cpr/reboot/copy-ram", flow=Flow.CPR_REBOOT, requires=CPR_REBOOT,
-             options={"shared_ram": False}, note="private RAM: copied into the state file"),
+             options=CprRebootOptions(shared_ram=False), note="private RAM: copied into the state file"),
     Scenario("/migration/cpr/reboot/postcopy/refused", flow=Flow.CPR_REBOOT, requires=CPR_REBOOT,
-             caps={"postcopy-ram": True}, options={"shared_ram": False},
+             caps={"postcopy-ram": True}, options=CprRebootOptions(shared_ram=False),
              expect=Expect(Result.REFUSED, error_class="GenericError",
                            error_match=r"^Cannot use postcopy with CPR")),
     Scenario("/migration/cpr/transfer", flow=Flow.CPR_TRANSFER, requires=CPR_TRANSFER),
     Scenario("/migration/cpr/transfer/defer", flow=Flow.CPR_TRANSFER, requires=CPR_TRANSFER,
-             options={"defer": True}),
+             options=CprTransferOptions(defer=True)),
     Scenario("/migration/cpr/transfer/private-ram/refused", flow=Flow.CPR_TRANSFER,
-             requires=CPR_TRANSFER, options={"private_ram": True},
+             requires=CPR_TRANSFER, options=CprTransferOptions(private_ram=True),
              expect=Expect(Result.REFUSED, error_class="GenericError",
                            error_match=r"is not compatible with CPR\. share=on is required")),
 )

@@ -1,6 +1,8 @@
 """/migration/multifd/...: multifd channel counts x compression methods, zero-copy,
 zero-page detection, the channels argument, cancel, mapped-ram files, the Linux guest."""
+from harness.migration import hooks
 from harness.migration.hooks import ITERATE_BANDWIDTH
+from harness.migration.options import CancelOptions, CancelPoint, FileOptions, PrecopyOptions
 from harness.migration.requirements import (Capability, Compression, DirectIO, LockedMemory,
                                             MinVersion, Parameter)
 from harness.migration.scenario import Expect, Flow, Result, Scenario
@@ -13,7 +15,7 @@ MULTIFD = {"multifd": True}
 
 # Live multifd: multifd threads read guest pages while the guest rewrites them, so every
 # scenario is held non-converging through real dirty passes before it may converge.
-LIVE = dict(converge=False, options={"during": "dirty-pass"})
+LIVE = dict(converge=False, options=PrecopyOptions(during=(hooks.dirty_pass,)))
 # Compressed, the boot sector's 99 MiB shrink to ~1.4 MB and the bulk pass would end
 # inside QEMU's first 100 ms bandwidth sample: with threshold_size still 0, QEMU 10.0.2
 # then switches over on the zero *estimate* without an exact dirty sync (trace:
@@ -82,7 +84,7 @@ SCENARIOS = (
                   "'channels' argument"),
     Scenario("/migration/multifd/tcp/cancel", flow=Flow.CANCEL, transport=Transport.TCP,
              caps=MULTIFD, params={"multifd-channels": 16}, dst_params={"multifd-channels": 16},
-             options={"at": "active"},
+             options=CancelOptions(at=CancelPoint.ACTIVE),
              note="qtest /migration/multifd/tcp/plain/cancel: cancel while active, then a new "
                   "destination"),
 
@@ -103,14 +105,14 @@ SCENARIOS = (
     Scenario("/migration/multifd/file/mapped-ram/fdset", flow=Flow.FILE, transport=Transport.FILE,
              live=False, caps={"mapped-ram": True, "multifd": True},
              params={"multifd-channels": 4}, dst_params={"multifd-channels": 4},
-             options={"fdset": True, "fdset_fds": 2, "offset": 0x20},
+             options=FileOptions(fdset=True, fdset_fds=2, offset=0x20),
              requires=(Capability("mapped-ram"),),
              note="two fds per side in fdset 1 (the main channel's and the multifd channels')"),
     Scenario("/migration/multifd/file/mapped-ram/fdset/dio", flow=Flow.FILE,
              transport=Transport.FILE, live=False, caps={"mapped-ram": True, "multifd": True},
              params={"multifd-channels": 4, "direct-io": True},
              dst_params={"multifd-channels": 4, "direct-io": True},
-             options={"fdset": True, "fdset_fds": 2, "offset": 0x20},
+             options=FileOptions(fdset=True, fdset_fds=2, offset=0x20),
              requires=(Capability("mapped-ram"), Parameter("direct-io"), DirectIO()),
              note="the second fd of each side is opened O_DIRECT (only the multifd channels "
                   "use direct-io)"),

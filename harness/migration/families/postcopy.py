@@ -4,6 +4,8 @@ Recovery breaks the channel three ways (migrate-pause on the source, on the
 destination, on both; a userspace proxy in the path cutting every connection)
 and runs qtest's double failures; see harness/migration/flows/postcopy.py.
 """
+from harness.migration.options import (DoubleFailure, PostcopyOptions, ProxyShape,
+                                       RecoveryBreak, RecoveryOptions)
 from harness.migration.requirements import BelowVersion, MigrationLink, MinVersion, Userfaultfd
 from harness.migration.scenario import Expect, Flow, Result, Scenario
 from harness.qemu.spec import GuestKind
@@ -26,9 +28,11 @@ CANCEL_REFUSED = (10, 0, 0)
 RECOVER_SETUP = (9, 1, 0)
 
 
-def recovery(path: str, tiers=FULL, caps=None, requires=(), **options) -> Scenario:
+def recovery(path: str, method: RecoveryBreak, tiers=FULL, caps=None, requires=(),
+             **options) -> Scenario:
     return Scenario(path, flow=Flow.POSTCOPY_RECOVERY, caps=caps or {}, tiers=tiers,
-                    requires=UFFD + tuple(requires), options=options)
+                    requires=UFFD + tuple(requires),
+                    options=RecoveryOptions(method=method, **options))
 
 
 SCENARIOS = (
@@ -37,7 +41,7 @@ SCENARIOS = (
              requires=UFFD),
     Scenario("/migration/postcopy/cancel/refused", flow=Flow.POSTCOPY,
              requires=UFFD + (MinVersion(CANCEL_REFUSED),),
-             options={"attempt": "migrate_cancel"},
+             options=PostcopyOptions(attempt="migrate_cancel"),
              expect=Expect(Result.REFUSED, error_class="GenericError",
                            error_match=r"^Postcopy migration in progress, cannot cancel"),
              note="migrate_cancel in postcopy-active is refused (since 10.0); the migration "
@@ -53,31 +57,31 @@ SCENARIOS = (
     Scenario("/migration/postcopy/preempt/multifd/plain", flow=Flow.POSTCOPY,
              caps={"multifd": True, **PREEMPT}, requires=UFFD + (MinVersion(MULTIFD_POSTCOPY),)),
 
-    recovery("/migration/postcopy/recovery/plain", **{"break": "pause-source"}),
-    recovery("/migration/postcopy/recovery/pause-destination", **{"break": "pause-destination"}),
-    recovery("/migration/postcopy/recovery/pause-both", **{"break": "pause-both"}),
-    recovery("/migration/postcopy/recovery/proxy-cut", **{"break": "proxy-cut"}),
-    recovery("/migration/postcopy/recovery/proxy-cut/slow-link",
-             proxy={"delay_ms": 5, "throttle": 25_000_000}, **{"break": "proxy-cut"}),
-    recovery("/migration/postcopy/recovery/link-down", requires=(MigrationLink(),),
-             **{"break": "link-down"}),
-    recovery("/migration/postcopy/recovery/link-reject", requires=(MigrationLink(),),
-             **{"break": "link-reject"}),
-    recovery("/migration/postcopy/recovery/repeated", cycles=3, **{"break": "proxy-cut"}),
+    recovery("/migration/postcopy/recovery/plain", RecoveryBreak.PAUSE_SOURCE),
+    recovery("/migration/postcopy/recovery/pause-destination", RecoveryBreak.PAUSE_DESTINATION),
+    recovery("/migration/postcopy/recovery/pause-both", RecoveryBreak.PAUSE_BOTH),
+    recovery("/migration/postcopy/recovery/proxy-cut", RecoveryBreak.PROXY_CUT),
+    recovery("/migration/postcopy/recovery/proxy-cut/slow-link", RecoveryBreak.PROXY_CUT,
+             proxy=ProxyShape(delay_ms=5, throttle=25_000_000)),
+    recovery("/migration/postcopy/recovery/link-down", RecoveryBreak.LINK_DOWN,
+             requires=(MigrationLink(),)),
+    recovery("/migration/postcopy/recovery/link-reject", RecoveryBreak.LINK_REJECT,
+             requires=(MigrationLink(),)),
+    recovery("/migration/postcopy/recovery/repeated", RecoveryBreak.PROXY_CUT, cycles=3),
     recovery("/migration/postcopy/recovery/double-failures/handshake",
-             requires=(MinVersion(RECOVER_SETUP),), double_failure="handshake",
-             **{"break": "pause-source"}),
+             RecoveryBreak.PAUSE_SOURCE, requires=(MinVersion(RECOVER_SETUP),),
+             double_failure=DoubleFailure.HANDSHAKE),
     recovery("/migration/postcopy/recovery/double-failures/reconnect",
-             requires=(MinVersion(RECOVER_SETUP),), double_failure="reconnect",
-             **{"break": "pause-source"}),
-    recovery("/migration/postcopy/preempt/recovery/plain", caps=PREEMPT,
-             **{"break": "pause-source"}),
-    recovery("/migration/postcopy/preempt/recovery/proxy-cut", caps=PREEMPT,
-             **{"break": "proxy-cut"}),
+             RecoveryBreak.PAUSE_SOURCE, requires=(MinVersion(RECOVER_SETUP),),
+             double_failure=DoubleFailure.RECONNECT),
+    recovery("/migration/postcopy/preempt/recovery/plain", RecoveryBreak.PAUSE_SOURCE,
+             caps=PREEMPT),
+    recovery("/migration/postcopy/preempt/recovery/proxy-cut", RecoveryBreak.PROXY_CUT,
+             caps=PREEMPT),
 
     Scenario("/migration/postcopy/linux", flow=Flow.POSTCOPY, guest=GuestKind.LINUX,
              tiers=SLOW, requires=UFFD, timeout=240.0),
     Scenario("/migration/postcopy/recovery/linux/proxy-cut", flow=Flow.POSTCOPY_RECOVERY,
              guest=GuestKind.LINUX, tiers=SLOW, requires=UFFD, timeout=240.0,
-             options={"break": "proxy-cut", "cycles": 2}),
+             options=RecoveryOptions(method=RecoveryBreak.PROXY_CUT, cycles=2)),
 )

@@ -4,6 +4,7 @@ Real transfers need an RDMA device (e.g. rdma_rxe on a netdev) and enough
 RLIMIT_MEMLOCK; without them they skip with the reason. The no-device
 scenarios run anywhere else and show QEMU's own error.
 """
+from harness.migration.options import RdmaOptions, RdmaSide
 from harness.migration.requirements import Memlock, NoRdmaDevice, RdmaBuiltIn, RdmaDevice
 from harness.migration.scenario import Expect, Flow, Result, Scenario
 
@@ -23,7 +24,7 @@ SCENARIOS = (
              expect=Expect(Result.REFUSED, error_class="GenericError", error_match=NO_RDMA_ERROR),
              note="migrate-incoming rdma:... without a device: QEMU's error is the refusal"),
     Scenario("/migration/rdma/no-device/outgoing", flow=Flow.RDMA, requires=NO_DEVICE,
-             options={"side": "source"},
+             options=RdmaOptions(side=RdmaSide.SOURCE),
              expect=Expect(Result.REFUSED, error_class="GenericError",
                            error_match=r"RDMA ERROR: could not create CM channel")),
     Scenario("/migration/rdma/plain", flow=Flow.RDMA, requires=RDMA),

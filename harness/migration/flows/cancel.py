@@ -1,6 +1,6 @@
 """Cancel flow: migrate_cancel at a given source status, then prove nothing is lost.
 
-options["at"] is the source status at which migrate_cancel is sent (as qtest's
+CancelOptions.at (a CancelPoint) is the source status at which migrate_cancel is sent (as qtest's
 /migration/cancel/src/after/<status>):
 
   none            no migration yet: cancel on both sides is a no-op; then migrate
@@ -12,7 +12,7 @@ options["at"] is the source status at which migrate_cancel is sent (as qtest's
                   the shutdown of the stream beats the completion's error check --
                   and destination failed) or it is too late (both completed). A
                   destination that completed while the source resumed its guest is a
-                  split brain and fails the test. options["attempts"] repeats the race
+                  split brain and fails the test. CancelOptions.attempts repeats the race
                   on fresh pairs until it shows a split brain (a race needs tries)
   cancelling, cancelled
                   a second cancel while/after the first one finishes
@@ -40,7 +40,6 @@ from harness.qemu.machine import Machine
 
 BEFORE_SWITCHOVER = ("setup", "active")
 WITH_PAUSE = ("pre-switchover", "device")
-KNOWN = ("none", *BEFORE_SWITCHOVER, *WITH_PAUSE, "cancelling", "cancelled", "completed", "failed")
 SETTLE_TIMEOUT = 30.0
 
 
@@ -51,10 +50,8 @@ class SplitBrain(AssertionError):
 @register(Flow.CANCEL)
 def run(ctx: ScenarioContext) -> dict:
     s = ctx.scenario
-    at = s.options.get("at")
-    if at not in KNOWN:
-        raise ValueError(f"{s.path}: options['at'] must be one of {KNOWN}, not {at!r}")
-    attempts = int(s.options.get("attempts", 1))
+    at = s.options.at.value
+    attempts = s.options.attempts
     log: list[dict] = []
     for i in range(attempts):
         last = i == attempts - 1
@@ -173,7 +170,7 @@ def finish(ctx: ScenarioContext, pair: Pair, outcome: str, log: list[dict]) -> d
     """After the cancel: prove the guest is intact, migrating again where needed."""
     s = ctx.scenario
     caps = {"events": True, **dict(s.caps)}
-    if s.options.get("at") in WITH_PAUSE:
+    if s.options.at.value in WITH_PAUSE:
         caps["pause-before-switchover"] = False   # the retry must not stop to wait for us
     if outcome == "completed":
         proof = drivers.prove_integrity(pair, timeout=s.timeout)

@@ -22,13 +22,13 @@ secondary (destination, -incoming defer, running)
 
 All qcow2 images are created with qemu-img in the run dir. x-colo on both
 sides, x-checkpoint-delay on the primary, then migrate; the primary must enter
-'colo' (never 'completed'), the secondary resumes, and options["checkpoints"]
+'colo' (never 'completed'), the secondary resumes, and ColoOptions.checkpoints
 checkpoints must run (RESUME events of the secondary, with both guests making
 progress; query-colo-status: primary/secondary). Then one side dies (SIGKILL,
 declared) and the survivor fails over as the document says (yank the
 migration, x-colo-lost-heartbeat, tear down its COLO objects), COLO_EXIT is
 checked, the survivor keeps running the guest and keeps the bootblock page
-rule. options["at"] = "checkpoint" fails over while the secondary is stopped
+rule. ColoOptions.at = ColoAt.CHECKPOINT fails over while the secondary is stopped
 in a checkpoint (qtest's *_checkpoint cases).
 
 QEMU 10.0.2 never enters 'colo': the primary's migration ends 'completed'
@@ -291,15 +291,9 @@ def _kill(m: Machine) -> None:
 @register(Flow.COLO)
 def run(ctx: ScenarioContext) -> dict:
     s = ctx.scenario
-    side = s.options.get("failover", "primary")
-    if side not in ("primary", "secondary"):
-        raise ValueError(f"{s.path}: options['failover'] must be primary or secondary")
-    at = s.options.get("at", "idle")
-    peer = s.options.get("peer", "alive")
-    if peer not in ("alive", "killed"):
-        raise ValueError(f"{s.path}: options['peer'] must be alive or killed")
-    checkpoints = int(s.options.get("checkpoints", 3))
-    delay_ms = int(s.options.get("checkpoint_delay_ms", 300))
+    o = s.options
+    side, at, peer = o.failover.value, o.at.value, o.peer.value
+    checkpoints, delay_ms = o.checkpoints, o.checkpoint_delay_ms
     work = ctx.run.host.make_run_dir("colo")
     try:
         host = ctx.run.host

@@ -3,7 +3,7 @@
 Flow.CPR_REBOOT (QEMU docs/devel/migration/CPR.rst, qtest /migration/mode/reboot):
 the source saves to a file with mode=cpr-reboot and quits; only then is the
 destination started (-incoming defer, paused) with mode=cpr-reboot and loads
-the file. options["shared_ram"] (default True) backs guest RAM with a
+the file. CprRebootOptions.shared_ram (default True) backs guest RAM with a
 memory-backend-file share=on in a private /dev/shm directory and sets
 x-ignore-shared, so RAM stays in place; without it RAM is copied to the file.
 Proof: the source's RAM (dumped before it quit) equals the destination's byte
@@ -12,7 +12,7 @@ for byte, then the destination runs a bootblock pass and keeps the page rule.
 Flow.CPR_TRANSFER (qtest /migration/mode/transfer[/defer]): both sides back RAM
 with memfd and aux-ram-share=on; the destination gets two -incoming: the cpr
 channel (a UNIX socket) and the main one (a UNIX socket, or `defer` when
-options["defer"]). The destination reads the cpr state before it even opens
+CprTransferOptions.defer). The destination reads the cpr state before it even opens
 its monitor, so it is launched in the background, the source's `migrate`
 (channels: main + cpr) is issued once the destination listens on the cpr
 socket, and only then does the destination's QMP connect (its events are
@@ -83,7 +83,7 @@ def _private_dir(prefix: str) -> Path:
 @register(Flow.CPR_REBOOT)
 def run_cpr_reboot(ctx: ScenarioContext) -> dict:
     s = ctx.scenario
-    shared = bool(s.options.get("shared_ram", True))
+    shared = s.options.shared_ram
     mib = ctx.spec.memory_mib
     host = ctx.run.placement.src   # cpr-reboot is one host by nature (needs_one_host)
     work = _private_dir("cpr-reboot") if host.is_local else host.make_run_dir("cpr-reboot")
@@ -201,8 +201,8 @@ def _socket_channel(kind: str, path: Path) -> dict:
 @register(Flow.CPR_TRANSFER)
 def run_cpr_transfer(ctx: ScenarioContext) -> dict:
     s = ctx.scenario
-    defer = bool(s.options.get("defer", False))
-    private_ram = bool(s.options.get("private_ram", False))   # refusal scenarios
+    defer = s.options.defer
+    private_ram = s.options.private_ram   # refusal scenarios
     mib = ctx.spec.memory_mib
     work = ctx.run.host.make_run_dir("cpr")   # short path: UNIX sockets
     cpr_sock, mig_sock = work / "cpr.sock", work / "mig.sock"

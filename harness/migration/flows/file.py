@@ -5,9 +5,9 @@ Scenario knobs:
   caps / params / dst_params
                           mapped-ram, multifd, multifd-channels, direct-io ... (caps on
                           both sides; params per side)
-  options["offset"]       file:PATH,offset=N (an int, or a string QEMU must parse)
-  options["fdset"]        hand QEMU the file as fds with add-fd (file:/dev/fdset/1);
-                          options["fdset_fds"] fds per side (2 with multifd, like qtest)
+  FileOptions.offset      file:PATH,offset=N (an int, or a string QEMU must parse)
+  FileOptions.fdset       hand QEMU the file as fds with add-fd (file:/dev/fdset/1);
+                          FileOptions.fdset_fds fds per side (2 with multifd, like qtest)
   expect=Expect(REFUSED, ...)
                           the source's `migrate` is refused (e.g. a bad offset)
 
@@ -41,13 +41,13 @@ def run(ctx: ScenarioContext) -> dict:
 
     assert dst.run_dir is not None
     path = dst.run_dir / FILE_NAME
-    offset = s.options.get("offset")
-    use_fdset = bool(s.options.get("fdset"))
+    offset = s.options.offset
+    use_fdset = s.options.fdset
     if use_fdset:
         # qtest opens the fds itself: the file must exist; QEMU gets write-only fds on
         # the source and read-only ones on the destination.
         path.touch(mode=0o600)
-        nfds = int(s.options.get("fdset_fds", 1))
+        nfds = s.options.fdset_fds
         dio = bool(s.params.get("direct-io"))
         add_fdset(src, path, os.O_WRONLY, nfds, direct_io=dio)
         add_fdset(dst, path, os.O_RDONLY, nfds, direct_io=bool(s.dst_params.get("direct-io")))

@@ -6,11 +6,11 @@ destination QEMU of the other binary (B, then A, ...), so with --qemu-src OLD
 compatibility of the same guest state in one test. The machine type is the
 session's (the newest pc-q35-X.Y both binaries have when they differ).
 
-Each hop: precopy (options["mode"] = "precopy", default) with a byte compare
-of the stopped source and the paused new destination, or postcopy ("postcopy")
+Each hop: precopy (PingPongOptions.mode, CrossVersionMode.PRECOPY by default) with a
+byte compare of the stopped source and the paused new destination, or POSTCOPY
 with the page rule after completion; then the destination runs a bootblock
 pass (or the Linux verify), is continued, and becomes the next hop's source;
-the old source is shut down (its exit judged). options["prove"] = "last" keeps
+the old source is shut down (its exit judged). PingPongOptions.prove = Prove.LAST keeps
 the full proof for the last hop only (intermediate hops: the guest runs a
 bootblock pass on the new side), for the smoke tier.
 """
@@ -30,8 +30,6 @@ from harness.migration.transports import start_incoming
 from harness.qemu.binary import probe
 from harness.qemu.machine import Machine, MachineFailure
 
-MODES = ("precopy", "postcopy")
-
 
 def _machine(ctx: ScenarioContext, hop: int, binary: str, incoming: bool, paused: bool) -> Machine:
     s = ctx.scenario
@@ -45,7 +43,7 @@ def _machine(ctx: ScenarioContext, hop: int, binary: str, incoming: bool, paused
 
 
 def _light_proof(pair: Pair, timeout: float) -> dict:
-    """Intermediate hop with options["prove"]="last": the guest runs on the new side."""
+    """Intermediate hop with PingPongOptions.prove=Prove.LAST: the guest runs on the new side."""
     dst = pair.dst
     wait_runstate(pair.src, {"postmigrate"}, timeout)
     if dst.spec.paused:
@@ -107,13 +105,8 @@ def _hop_postcopy(ctx: ScenarioContext, pair: Pair, caps: dict, full: bool) -> d
 @register(Flow.PING_PONG)
 def run(ctx: ScenarioContext) -> dict:
     s = ctx.scenario
-    mode = s.options.get("mode", "precopy")
-    if mode not in MODES:
-        raise ValueError(f"{s.path}: options['mode'] must be one of {MODES}")
-    hops = int(s.options.get("hops", 3))
-    prove = s.options.get("prove", "each")
-    if prove not in ("each", "last"):
-        raise ValueError(f"{s.path}: options['prove'] must be each or last")
+    o = s.options
+    mode, hops, prove = o.mode.value, o.hops, o.prove.value
     binaries = (ctx.src_binary, ctx.dst_binary)
     versions = tuple(probe(b).version for b in binaries)
     cur = _machine(ctx, 0, binaries[0], incoming=False, paused=False)

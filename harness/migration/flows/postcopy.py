@@ -2,14 +2,14 @@
 
 Flow.POSTCOPY: precopy for a while (non-converging), `migrate-start-postcopy`,
 wait until the destination runs the guest, optionally try a command that must
-be refused in postcopy (options["attempt"], e.g. migrate_cancel), then wait for
+be refused in postcopy (PostcopyOptions.attempt, e.g. migrate_cancel), then wait for
 completion on both sides and prove integrity on the destination (a fresh
 bootblock pass, then the page rule on the stopped guest; or the Linux in-guest
 verify). A byte compare with the source is impossible after postcopy: the
 destination ran before it had all pages.
 
 Flow.POSTCOPY_RECOVERY: as above, but with the postcopy bandwidth turned down
-to 4 KiB/s the channel is broken (options["break"]):
+to 4 KiB/s the channel is broken (RecoveryOptions.method, a RecoveryBreak):
 
     pause-source       migrate-pause on the source (qtest's recovery/plain)
     pause-destination  migrate-pause on the destination
@@ -26,11 +26,11 @@ to 4 KiB/s the channel is broken (options["break"]):
                        (reading, no keepalive) notices nothing and gets migrate-pause;
                        the filter is lifted before the recovery
 
-then both sides must reach postcopy-paused; options["double_failure"]
-("handshake" or "reconnect", as qtest's recovery/double-failures) first
+then both sides must reach postcopy-paused; RecoveryOptions.double_failure
+(HANDSHAKE or RECONNECT, as qtest's recovery/double-failures) first
 attempts a recovery over unpaired socketpairs that must fail and leave both
 sides paused again; then `migrate-recover` (out-of-band) on the destination
-and `migrate` with resume=true on the source, options["cycles"] times, then
+and `migrate` with resume=true on the source, RecoveryOptions.cycles times, then
 completion and integrity.
 
 Both flows wait for the destination's RESUME before breaking anything: a break
@@ -52,6 +52,7 @@ from harness.migration.context import ScenarioContext
 from harness.migration.metrics import MigrationMetrics, write_metrics
 from harness.migration.pair import Pair
 from harness.migration.expectations import check_refusal, record_refusal
+from harness.migration.options import ProxyShape, RecoveryBreak
 from harness.migration.runner import register
 from harness.migration.scenario import Flow, Result, Scenario
 from harness.migration.states import MigrationStateError, wait_runstate, wait_status
@@ -63,10 +64,8 @@ PRECOPY_BYTES = 3_000_000           # precopy progress before switching (qtest: 
 SLOW_POSTCOPY_BANDWIDTH = 4096      # bytes/s: keeps postcopy alive until we break it
 # 7.2: "...only supported during postcopy-active state"; 10.x: "... or postcopy-recover state"
 PAUSE_REFUSAL = "migrate-pause is currently only supported during postcopy-active"
-BREAKS = ("pause-source", "pause-destination", "pause-both", "proxy-cut", "link-down",
-          "link-reject")
-LINK_BREAKS = ("link-down", "link-reject")
-DOUBLE_FAILURES = ("handshake", "reconnect")
+BREAKS = tuple(b.value for b in RecoveryBreak)
+LINK_BREAKS = (RecoveryBreak.LINK_DOWN.value, RecoveryBreak.LINK_REJECT.value)
 QEMU_VM_COMMAND = b"\x08"           # first byte of a real resume stream
 
 
@@ -96,8 +95,11 @@ def peer_exit_noted(*machines: Machine, wait: float = 3.0):
         raise MigrationStateError(f"{exc}; {'; '.join(notes)}") from exc
 
 
+POSTCOPY_CAPS = {"postcopy-ram": True, "postcopy-blocktime": True}   # both sides
+
+
 def postcopy_caps(s: Scenario) -> dict:
-    caps = {"postcopy-ram": True, "postcopy-blocktime": True}
+    caps = dict(POSTCOPY_CAPS)
     caps.update(s.caps)
     return caps
 
@@ -110,7 +112,7 @@ def start_precopy(ctx: ScenarioContext, pair: Pair, uri_hook=None) -> str:
     if uri_hook is not None:
         uri = uri_hook(uri)
     pair.src.cmd("migrate", {"uri": uri})
-    want = int(s.options.get("precopy_bytes", PRECOPY_BYTES))
+    want = s.options.precopy_bytes or PRECOPY_BYTES
     deadline = time.monotonic() + s.timeout
     while True:
         info = pair.src.cmd("query-migrate")
@@ -182,7 +184,7 @@ def run_postcopy(ctx: ScenarioContext) -> dict:
 
 def _run_postcopy(ctx: ScenarioContext, pair: Pair) -> dict:
     s = ctx.scenario
-    attempt = s.options.get("attempt")
+    attempt = s.options.attempt
     try:
         start_precopy(ctx, pair)
     except QMPCommandError as exc:
@@ -217,7 +219,7 @@ def _run_postcopy(ctx: ScenarioContext, pair: Pair) -> dict:
 class _Path:
     """The source->destination path: direct, or through a TcpProxy we own."""
 
-    def __init__(self, use_proxy: bool, shape: dict, link: LinkFaults | None = None):
+    def __init__(self, use_proxy: bool, shape: ProxyShape, link: LinkFaults | None = None):
         self.use_proxy = use_proxy
         self.shape = shape
         self.proxies: list[TcpProxy] = []
@@ -235,10 +237,10 @@ class _Path:
         p = TcpProxy((host, port), listen_host=local_address_towards(host),
                      name=f"proxy{len(self.proxies)}").start()
         self.proxies.append(p)
-        if self.shape.get("delay_ms"):
-            p.delay(self.shape["delay_ms"])
-        if self.shape.get("throttle"):
-            p.throttle(self.shape["throttle"])
+        if self.shape.delay_ms:
+            p.delay(self.shape.delay_ms)
+        if self.shape.throttle:
+            p.throttle(self.shape.throttle)
         return p.uri
 
     @property
@@ -370,15 +372,12 @@ def double_failure(pair: Pair, stage: str, timeout: float) -> dict:
 @register(Flow.POSTCOPY_RECOVERY)
 def run_recovery(ctx: ScenarioContext) -> dict:
     s = ctx.scenario
-    how = s.options.get("break", "pause-source")
-    if how not in BREAKS:
-        raise ValueError(f"{s.path}: options['break']={how!r} not in {BREAKS}")
-    dbl = s.options.get("double_failure")
-    if dbl is not None and dbl not in DOUBLE_FAILURES:
-        raise ValueError(f"{s.path}: options['double_failure']={dbl!r} not in {DOUBLE_FAILURES}")
-    cycles = int(s.options.get("cycles", 1))
+    o = s.options
+    how = o.method.value
+    dbl = o.double_failure.value if o.double_failure is not None else None
+    cycles = o.cycles
     pair = ctx.pair(dst_paused=False)
-    path = _Path(how == "proxy-cut", dict(s.options.get("proxy", {})),
+    path = _Path(how == "proxy-cut", o.proxy,
                  migration_link(pair.dst) if how in LINK_BREAKS else None)
     src, dst = pair.src, pair.dst
     try:

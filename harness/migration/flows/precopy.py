@@ -1,11 +1,12 @@
 """Precopy flow: any live transport and caps/params; expected completion, refusal or failure.
 
 Scenario knobs read here:
-  options["during"]       harness.migration.hooks name(s) run while the migration is active
-  options["destination"]  "closed-port": migrate to a TCP port nobody listens on (bad
+  PrecopyOptions.during   harness.migration.hooks functions run while the migration is active
+  PrecopyOptions.destination
+                          CLOSED_PORT: migrate to a TCP port nobody listens on (bad
                           destination); the source must fail, keep its guest running,
                           and still migrate to a real destination afterwards
-  options["tls"]          credentials (harness.migration.tls), via ScenarioContext
+  PrecopyOptions.tls      credentials (harness.migration.tls), via ScenarioContext
   expect=Expect(FAILED, error_match=..., dst_exit=...)
                           error_match is searched in the source's error-desc and the
                           destination's stderr; dst_exit=() means the destination must
@@ -21,6 +22,7 @@ from harness.migration.context import ScenarioContext
 from harness.migration.metrics import write_metrics
 from harness.migration.pair import Pair, wait_guest_ready
 from harness.migration.expectations import refusal_result
+from harness.migration.options import Destination
 from harness.migration.runner import register
 from harness.migration.scenario import Flow, Result
 from harness.migration.states import wait_status
@@ -36,7 +38,7 @@ def run(ctx: ScenarioContext) -> dict:
     s = ctx.scenario
     if s.transport is Transport.FILE:
         raise ValueError(f"{s.path}: the file transport runs in Flow.FILE")
-    if s.options.get("destination") == "closed-port":
+    if s.options.destination is Destination.CLOSED_PORT:
         return bad_destination(ctx)
     pair = ctx.pair()
     failing = s.expect.result is Result.FAILED
@@ -45,7 +47,7 @@ def run(ctx: ScenarioContext) -> dict:
     try:
         res = drivers.precopy(pair, s.transport, caps=dict(s.caps), params=ctx.src_params,
                               dst_params=ctx.dst_params, converge=s.converge, live=s.live,
-                              timeout=s.timeout, during=hooks.get(s.options.get("during")))
+                              timeout=s.timeout, during=hooks.chain(s.options.during))
     except QMPCommandError as exc:
         return refusal_result(ctx, exc)
     except drivers.MigrationStateError as exc:

@@ -11,7 +11,7 @@ work, the QEMU error (the QMP error of migrate-incoming or migrate, plus any
 RDMA line on stderr) is put into the failure text as is; scenarios that
 expect it declare Expect(REFUSED, error_match=...).
 
-options["side"] = "source" skips the destination's migrate-incoming and lets
+RdmaOptions.side = RdmaSide.SOURCE skips the destination's migrate-incoming and lets
 the source's `migrate` meet the error (refusal scenarios only).
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from harness.migration import drivers, tuning
 from harness.migration.context import ScenarioContext
 from harness.migration.expectations import check_refusal
 from harness.migration.metrics import MigrationMetrics, write_metrics
+from harness.migration.options import RdmaSide
 from harness.migration.runner import register
 from harness.migration.scenario import Flow, Result
 from harness.migration.states import wait_status
@@ -79,7 +80,7 @@ def run(ctx: ScenarioContext) -> dict:
     s = ctx.scenario
     pair = ctx.pair()
     src, dst = pair.src, pair.dst
-    host = s.options.get("host") or rdma_host()
+    host = s.options.host or rdma_host()
     uri = f"rdma:{host}:{free_port(host)}"
     pair.wait_guest_ready()
     for m in (src, dst):
@@ -89,7 +90,7 @@ def run(ctx: ScenarioContext) -> dict:
     tuning.set_parameters(src, dict(s.params))
     step = "destination migrate-incoming"
     try:
-        if s.options.get("side") != "source":
+        if s.options.side is not RdmaSide.SOURCE:
             dst.cmd("migrate-incoming", {"uri": uri})
         step = "source migrate"
         if not s.live:

@@ -31,6 +31,7 @@ from harness.qemu.qmp import QMPCommandError
 from harness.qemu.spec import GuestKind
 
 SAMPLE_EVERY = 0.05
+SOURCE_CAPS = {"background-snapshot": True}   # the flow's own, on the source only
 
 
 @register(Flow.BACKGROUND_SNAPSHOT)
@@ -39,7 +40,7 @@ def run(ctx: ScenarioContext) -> dict:
     pair = ctx.pair()
     src, dst = pair.src, pair.dst
     try:
-        drivers.configure(pair, src_caps={"background-snapshot": True, **dict(s.caps)},
+        drivers.configure(pair, src_caps={**SOURCE_CAPS, **dict(s.caps)},
                           params=ctx.src_params, dst_params=ctx.dst_params)
     except QMPCommandError as exc:
         return refusal_result(ctx, exc)
