@@ -127,7 +127,7 @@ def _check_bool(obj: Any, *names: str) -> None:
 
 
 # -- the classes ----------------------------------------------------------------------
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class FlowOptions:
     """Base of every flow's options: what the scenario and its context ask of them."""
 
@@ -156,7 +156,7 @@ class FlowOptions:
         return out
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class PrecopyOptions(FlowOptions):
     """Flow.PRECOPY (flows/precopy.py)."""
 
@@ -187,7 +187,7 @@ class PrecopyOptions(FlowOptions):
         return self.accel_props
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class PostcopyOptions(FlowOptions):
     """Flow.POSTCOPY (flows/postcopy.py)."""
 
@@ -201,7 +201,7 @@ class PostcopyOptions(FlowOptions):
         _check_int(self, "precopy_bytes", 1, optional=True)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class ProxyShape:
     """Shaping of the userspace proxy a proxy-cut recovery routes through."""
 
@@ -213,7 +213,7 @@ class ProxyShape:
         _check_int(self, "throttle", 1, optional=True)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class RecoveryOptions(FlowOptions):
     """Flow.POSTCOPY_RECOVERY (flows/postcopy.py)."""
 
@@ -240,7 +240,7 @@ class RecoveryOptions(FlowOptions):
         return None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class FileOptions(FlowOptions):
     """Flow.FILE (flows/file.py)."""
 
@@ -262,12 +262,12 @@ class FileOptions(FlowOptions):
         return "hands QEMU file descriptors opened here (SCM_RIGHTS)" if self.fdset else None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class SnapshotOptions(FlowOptions):
     """Flow.BACKGROUND_SNAPSHOT (flows/snapshot.py): nothing beyond caps/params yet."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class CancelOptions(FlowOptions):
     """Flow.CANCEL (flows/cancel.py)."""
 
@@ -281,7 +281,7 @@ class CancelOptions(FlowOptions):
         _check_int(self, "attempts", 1)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class CprRebootOptions(FlowOptions):
     """Flow.CPR_REBOOT (flows/cpr.py)."""
 
@@ -291,7 +291,7 @@ class CprRebootOptions(FlowOptions):
         _check_bool(self, "shared_ram")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class CprTransferOptions(FlowOptions):
     """Flow.CPR_TRANSFER (flows/cpr.py)."""
 
@@ -302,7 +302,7 @@ class CprTransferOptions(FlowOptions):
         _check_bool(self, "defer", "private_ram")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class ColoOptions(FlowOptions):
     """Flow.COLO (flows/colo.py)."""
 
@@ -320,7 +320,7 @@ class ColoOptions(FlowOptions):
         _check_int(self, "checkpoint_delay_ms", 1)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class PingPongOptions(FlowOptions):
     """Flow.PING_PONG (flows/pingpong.py)."""
 
@@ -334,7 +334,7 @@ class PingPongOptions(FlowOptions):
         _coerce_enum(self, "prove", Prove)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class RdmaOptions(FlowOptions):
     """Flow.RDMA (flows/rdma.py)."""
 
