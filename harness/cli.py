@@ -104,20 +104,22 @@ def main(argv: list[str] | None = None) -> int:
         return _guard(lambda: images.main(argv[1:]))
     args = parser.parse_args(argv)
     if args.cmd == "qemu":
-        return _guard(lambda: _cmd_qemu(args))
+        return _guard(lambda: _cmd_qemu(args), "qemu")
     if args.cmd == "hammer":
-        return _guard(lambda: hammer_cmd.main(args))
+        return _guard(lambda: hammer_cmd.main(args), f"hammer {args.recipe}")
     if args.cmd == "chaos":
-        return _guard(lambda: chaos_command.main(args))
+        return _guard(lambda: chaos_command.main(args), "chaos")
     if args.cmd == "report":
-        return _guard(lambda: report_cmd.main(args))
+        return _guard(lambda: report_cmd.main(args), "report")
     if args.cmd == "hosts":
-        return _guard(lambda: hosts_cmd.main(args))
+        return _guard(lambda: hosts_cmd.main(args), "hosts")
     return 2
 
 
-def _guard(fn) -> int:
-    """Known errors become one line on stderr, never a traceback."""
+def _guard(fn, what: str = "") -> int:
+    """Known errors become one line on stderr, never a traceback; so does an interrupt
+    (SIGINT/SIGTERM: what was interrupted and where its artifacts are)."""
+    from harness import proctree
     from harness.qemu.binary import BinaryError
     from harness.qemu.spec import SpecError
     known: tuple[type[BaseException], ...] = (BinaryError, SpecError, OSError)
@@ -127,7 +129,10 @@ def _guard(fn) -> int:
     except ImportError:
         pass
     try:
-        return fn() or 0
+        with proctree.interruptible(what):
+            return fn() or 0
+    except proctree.Interrupted as exc:
+        return proctree.print_interrupted(exc)
     except known as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 1

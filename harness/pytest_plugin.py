@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
+from harness import proctree
 from harness.config import HarnessConfig
 from harness.hosts import inventory as inventory_mod
 from harness.hosts.base import HostError
+from harness.hosts.local import LocalHost
 from harness.qemu import accel as accel_mod
 from harness.qemu.binary import BinaryError, probe
 from harness.qemu.machine import Machine, MachineFailure
@@ -68,8 +71,12 @@ def pytest_configure(config):
         config.addinivalue_line("markers", line)
     if hasattr(config, "workerinput"):
         stamp = config.workerinput[RUN_STAMP_KEY]
+        # An xdist worker dies with its controller and, on SIGTERM, kills its QEMUs and
+        # removes its run dirs first (SIGINT stays pytest's: teardown, then the summary).
+        proctree.become_worker(signals=())
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        proctree.exit_cleanly_on((signal.SIGTERM,))
     config._harness_run_stamp = stamp
     if config.option.hammer_seed is None:
         # Workers must share the controller's seed so a run can be replayed.
@@ -213,6 +220,9 @@ def harness_run(request, harness_config, harness_fleet) -> TestRun:
     unless --keep-artifacts."""
     stamp = request.config._harness_run_stamp
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    # A worker killed with -9 left its run dirs (its QEMUs died by PDEATHSIG): they
+    # carry its PID, and the next test anywhere removes them.
+    proctree.reap_orphans(Path(LocalHost().tmp_root))
     art = harness_config.artifacts_root / stamp / safe_dirname(request.node.nodeid)
     if art.exists():  # same test id twice (hammer/repeat): keep both
         art = art.with_name(f"{art.name}-{worker}-{time.monotonic_ns()}")
@@ -366,6 +376,8 @@ def _exists_on(host, path: Path) -> bool:
 
 def pytest_sessionfinish(session, exitstatus):
     """Leak check: every QEMU this session started must be gone, every run dir removed."""
+    if not hasattr(session.config, "workerinput"):
+        proctree.reap_orphans(Path(LocalHost().tmp_root))   # of workers killed meanwhile
     leaks = []
     for run in session.config.stash.get(_session_runs_key, []):
         for m in run.all_machines():

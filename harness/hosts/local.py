@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from harness import proctree
 from harness.hosts.base import Host, HostError, Process
 from harness.qemu.debug import qemu_preexec
 
@@ -20,13 +21,18 @@ class LocalProcess(Process):
         self.argv = tuple(popen.args)
 
     def poll(self) -> int | None:
-        return self._popen.poll()
+        return self._reaped(self._popen.poll())
 
     def wait(self, timeout: float) -> int | None:
         try:
-            return self._popen.wait(timeout=max(0.0, timeout))
+            return self._reaped(self._popen.wait(timeout=max(0.0, timeout)))
         except subprocess.TimeoutExpired:
             return None
+
+    def _reaped(self, rc: int | None) -> int | None:
+        if rc is not None:   # reaped: its PID (the group id) may be reused from now on
+            proctree.untrack_group(self.pid)
+        return rc
 
     def send_signal(self, sig: int) -> None:
         if self._popen.poll() is None:
@@ -62,6 +68,7 @@ class LocalHost(Host):
                     start_new_session=True, preexec_fn=qemu_preexec())
             except OSError as exc:
                 raise HostError(f"cannot start {argv[0]}: {exc.strerror}") from exc
+        proctree.track_group(popen.pid)   # killed with its group if we are interrupted
         return LocalProcess(popen)
 
     def run(self, argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
@@ -77,12 +84,14 @@ class LocalHost(Host):
     def make_run_dir(self, prefix: str) -> Path:
         path = Path(tempfile.mkdtemp(prefix=f"qmh-{prefix}-", dir=self.tmp_root))
         os.chmod(path, 0o700)
+        proctree.track_dir(path)   # owner-marked: reaped if we die without removing it
         return path
 
     def remove_run_dir(self, path: Path) -> None:
         if not path.name.startswith("qmh-"):
             raise HostError(f"refusing to remove {path}: not a harness run dir")
         shutil.rmtree(path, ignore_errors=True)
+        proctree.untrack_dir(path)
 
 
 def _text(data) -> str:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.report.reproducer import _match_for
+from harness.report.reproducer import _match_for, run_script_tree
 from harness.stress.actions import primitive
 from harness.stress.chaos import ChaosPlan
 
@@ -57,8 +57,10 @@ def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path,
 
 
 def run_script(script: Path, attempts: int, seconds: float) -> tuple[bool, str]:
-    cp = subprocess.run([sys.executable, str(script), "--attempts", str(attempts),
-                         "--seconds", str(seconds)], capture_output=True, text=True,
-                        timeout=seconds + 180)
+    # Its own process group, killed whole on a timeout or an interrupt; its temp
+    # dirs go into a run dir of ours (reaped if we die).
+    cp = run_script_tree([sys.executable, str(script), "--attempts", str(attempts),
+                         "--seconds", str(seconds)],
+                         timeout=seconds + 180)
     last = (cp.stdout.strip().splitlines() or ["no output"])[-1]
     return cp.returncode == 0, last

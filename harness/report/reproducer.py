@@ -9,6 +9,7 @@ hit rate, so a developer sees at once how reliable it is.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -29,6 +30,15 @@ import argparse, json, os, random, re, signal, socket, subprocess, sys, tempfile
 CONFIG = json.loads(@@CONFIG@@)
 
 
+def die_with_parent():
+    """QEMU gets SIGKILL when this script ends, however it ends (Linux prctl)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def attempt(qemu, perturb):
     d = tempfile.mkdtemp(prefix="repro-")
     argv = [qemu] + [a.replace("@RUNDIR@", d) for a in CONFIG["args"]]
@@ -44,7 +54,7 @@ def attempt(qemu, perturb):
     errpath = os.path.join(d, "stderr")
     with open(errpath, "w") as err:
         p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=err, cwd=d)
+                             stderr=err, cwd=d, preexec_fn=die_with_parent)
     conns = {}
     try:
         for name, s in listeners:
@@ -170,10 +180,27 @@ def _run_dir_of(argv: list[str]) -> str:
     raise ValueError("command line has no harness QMP socket path")
 
 
+def run_script_tree(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a reproducer script (it starts QEMUs of its own) so nothing outlives us:
+    own process group (killed whole on timeout or interrupt), PDEATHSIG, and TMPDIR
+    in a run dir of ours, which carries our PID (reaped if we are killed)."""
+    from harness import proctree
+    from harness.hosts.local import LocalHost
+    host = LocalHost()
+    tmp = host.make_run_dir("repro")
+    try:
+        return proctree.run_group(argv, timeout, env=dict(os.environ, TMPDIR=str(tmp)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        host.remove_run_dir(tmp)
+
+
 def run_reproducer(script: Path, attempts: int, seconds: float) -> tuple[bool, str]:
     """Run an exported script; return (reproduced, its last line)."""
-    cp = subprocess.run([sys.executable, str(script), "--attempts", str(attempts),
-                         "--seconds", str(seconds)], capture_output=True, text=True,
-                        timeout=seconds + 60)
+    # Its own process group, killed whole on a timeout or an interrupt; its temp
+    # dirs go into a run dir of ours (reaped if we die).
+    cp = run_script_tree([sys.executable, str(script), "--attempts", str(attempts),
+                         "--seconds", str(seconds)],
+                         timeout=seconds + 60)
     last = (cp.stdout.strip().splitlines() or ["no output"])[-1]
     return cp.returncode == 0, last

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness import proctree
 from harness.qemu import accel as accel_mod
 from harness.qemu.binary import probe
 from harness.qemu.spec import MachineSpec, SpecError
@@ -73,6 +74,11 @@ def main(args) -> int:
     binary = probe(args.qemu).path
     base = MachineSpec(binary=binary, accel=accel_mod.resolve(binary, args.accel))
     root = Path(args.artifacts).resolve() / time.strftime("%Y%m%d-%H%M%S")
+    with proctree.interruptible(artifacts=root):   # a Ctrl-C names where the evidence is
+        return _run(args, recipe, base, root)
+
+
+def _run(args, recipe, base: MachineSpec, root: Path) -> int:
     if args.replay is not None:
         rec = run_one(recipe, base, root / "replay", args.replay, not args.no_malloc_perturb,
                       keep_passing=True)

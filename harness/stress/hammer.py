@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from harness import proctree
+from harness.hosts.local import LocalHost
 from harness.qemu.spec import MachineSpec
 from harness.run import TestRun
 from harness.stress.chaos import ChaosRecipe, chaos_attempt
@@ -96,7 +98,9 @@ def quiet_expected_noise() -> None:
 
 
 def _worker(wid: int, recipe, cfg: HammerConfig, deadline: float | None, max_attempts: int | None,
-            out: "mp.Queue", stop: "mp.Event") -> None:
+            out: "mp.Queue", stop: "mp.Event", parent: int) -> None:
+    # Dies with the controller; Ctrl-C/SIGTERM: QEMUs and run dirs go, no traceback.
+    proctree.become_worker(parent)
     quiet_expected_noise()
     budget = EvidenceBudget(cfg.evidence_per_class)
     i = 0
@@ -128,40 +132,21 @@ def hammer(recipe, cfg: HammerConfig, progress: Callable[[str], None] | None = N
     per_worker = None
     if cfg.attempts is not None:
         per_worker = -(-cfg.attempts // cfg.parallel)
-    procs = [ctx.Process(target=_worker, args=(w, recipe, cfg, deadline, per_worker, out, stop),
+    procs = [ctx.Process(target=_worker, args=(w, recipe, cfg, deadline, per_worker, out, stop,
+                                               os.getpid()),
                          daemon=True) for w in range(cfg.parallel)]
-    for p in procs:
-        p.start()
-    triage, errors, done = Triage(), [], 0
-    next_report = time.monotonic() + 1.0
-    try:
-        while done < len(procs):
-            try:
-                msg = out.get(timeout=0.5)
-            except queue.Empty:
-                msg = None
-                if not any(p.is_alive() for p in procs):
-                    break
-            if msg is not None:
-                if "done" in msg:
-                    done += 1
-                elif "error" in msg:
-                    errors.append(msg)
-                else:
-                    rec = AttemptRecord(**msg)
-                    triage.add(rec, elapsed=time.time() - t_start)
-                    if cfg.until_crash and rec.kind in ("crash", "hang"):
-                        stop.set()
-            if progress and time.monotonic() >= next_report:
-                progress(_progress_line(triage, errors, time.time() - t_start))
-                next_report = time.monotonic() + 1.0
-    finally:
-        stop.set()
-        for p in procs:
-            p.join(EXIT_GRACE)
-            if p.is_alive():
-                p.kill()  # its QEMUs die with it (PDEATHSIG)
-                p.join(5)
+    triage, errors = Triage(), []
+    finished: set[int] = set()
+    # SIGINT/SIGTERM become Interrupted here (unless a caller already did that): the
+    # finally below stops the workers, which take their QEMUs and run dirs with them.
+    with proctree.interruptible():
+        try:
+            with proctree.signals_blocked():   # a worker handles them once it is ready
+                for p in procs:
+                    p.start()
+            _collect(procs, out, stop, cfg, triage, errors, finished, t_start, progress)
+        finally:
+            _stop_workers(procs, stop)
     triage.errors = errors
     triage.elapsed = time.time() - t_start
     if progress:
@@ -169,7 +154,64 @@ def hammer(recipe, cfg: HammerConfig, progress: Callable[[str], None] | None = N
     return triage
 
 
+def _collect(procs, out, stop, cfg: HammerConfig, triage: Triage, errors: list,
+             finished: set[int], t_start: float, progress) -> None:
+    next_report = time.monotonic() + 1.0
+    lost: set[int] = set()
+    while len(finished | lost) < len(procs):
+        try:
+            msg = out.get(timeout=0.5)
+        except queue.Empty:
+            msg = None
+            for w, p in enumerate(procs):
+                if w not in finished and w not in lost and not p.is_alive() and p.exitcode != 0:
+                    # Killed from outside (kill -9, OOM): its QEMUs died by PDEATHSIG;
+                    # its run dirs carry its PID and are removed here.
+                    lost.add(w)
+                    proctree.reap_orphans(Path(LocalHost().tmp_root))
+                    errors.append({"error": f"worker w{w} died (exit {p.exitcode})",
+                                   "worker": f"w{w}", "index": -1, "seed": None})
+        if msg is not None:
+            if "done" in msg:
+                finished.add(msg["done"])
+            elif "error" in msg:
+                errors.append(msg)
+            else:
+                rec = AttemptRecord(**msg)
+                triage.add(rec, elapsed=time.time() - t_start)
+                if cfg.until_crash and rec.kind in ("crash", "hang"):
+                    stop.set()
+        if progress and time.monotonic() >= next_report:
+            progress(_progress_line(triage, errors, time.time() - t_start))
+            next_report = time.monotonic() + 1.0
+
+
+def _stop_workers(procs, stop) -> None:
+    """Normal end: workers finish their attempt (up to EXIT_GRACE). Interrupted: SIGTERM
+    at once (each kills its QEMUs, removes its run dirs, exits), SIGKILL after
+    STOP_GRACE, and whatever a killed worker left is reaped by its PID."""
+    stop.set()
+    interrupted = sys.exc_info()[0] is not None
+    started = [p for p in procs if p.pid is not None]
+    if interrupted:
+        for p in started:
+            if p.is_alive():
+                p.terminate()
+    deadline = time.monotonic() + (STOP_GRACE if interrupted else EXIT_GRACE)
+    for p in started:
+        p.join(max(0.0, deadline - time.monotonic()))
+    killed = False
+    for p in started:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+            killed = True
+    if killed:
+        proctree.reap_orphans(Path(LocalHost().tmp_root))
+
+
 EXIT_GRACE = 60.0
+STOP_GRACE = 10.0
 
 
 def _progress_line(t: Triage, errors: list, elapsed: float) -> str:
