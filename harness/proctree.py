@@ -35,7 +35,7 @@ OWNER_FILE = ".qmh-owner"
 RUN_DIR_PREFIX = "qmh-"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-_lock = threading.Lock()
+_lock = threading.RLock()   # re-entrant: the signal handler may interrupt a holder
 _groups: set[int] = set()      # process groups (leader PIDs) this process started
 _dirs: set[Path] = set()       # run dirs this process created and has not removed yet
 
@@ -54,9 +54,31 @@ def untrack_group(pgid: int) -> None:
 
 def track_dir(path: Path) -> None:
     """A run dir this process owns: marked with our PID, removed on an interrupt."""
-    (Path(path) / OWNER_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
     with _lock:
         _dirs.add(Path(path))
+    (Path(path) / OWNER_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+
+
+def new_run_dir(root: Path | str, prefix: str) -> Path:
+    """mkdtemp, but registered *before* it exists: a signal arriving at any point
+    finds it in the registry (mkdtemp-then-register leaves a window)."""
+    import secrets
+    for _ in range(100):
+        path = Path(root) / f"{RUN_DIR_PREFIX}{prefix}-{secrets.token_hex(4)}"
+        with _lock:
+            _dirs.add(path)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            untrack_dir(path)
+            continue
+        except BaseException:
+            untrack_dir(path)
+            raise
+        os.chmod(path, 0o700)   # mkdir's mode went through the umask
+        track_dir(path)
+        return path
+    raise FileExistsError(f"no free run dir name in {root}")
 
 
 def untrack_dir(path: Path) -> None:
@@ -287,4 +309,4 @@ def print_interrupted(exc: Interrupted) -> int:
 
 __all__ = ["Interrupted", "interruptible", "become_worker", "run_group", "reap_own",
            "reap_orphans", "orphan_dirs", "exit_cleanly_on", "signals_blocked", "track_group", "untrack_group", "track_dir",
-           "untrack_dir", "set_pdeathsig", "owner_alive", "print_interrupted", "OWNER_FILE"]
+           "untrack_dir", "new_run_dir", "set_pdeathsig", "owner_alive", "print_interrupted", "OWNER_FILE"]

@@ -82,10 +82,8 @@ class LocalHost(Host):
         return cp.returncode, cp.stdout, cp.stderr
 
     def make_run_dir(self, prefix: str) -> Path:
-        path = Path(tempfile.mkdtemp(prefix=f"qmh-{prefix}-", dir=self.tmp_root))
-        os.chmod(path, 0o700)
-        proctree.track_dir(path)   # owner-marked: reaped if we die without removing it
-        return path
+        # Owner-marked (PID + start time): reaped if we die without removing it.
+        return proctree.new_run_dir(self.tmp_root, prefix)
 
     def remove_run_dir(self, path: Path) -> None:
         if not path.name.startswith("qmh-"):
