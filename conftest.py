@@ -8,8 +8,10 @@ session's QEMUs never meet, artifacts in a temp dir) and hands back what it prin
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +39,17 @@ def inner_pytest(tmp_path):
     subprocess on the given files/options with a private HARNESS_RUN_ROOT, --artifacts and
     --junitxml under tmp_path, --accel tcg unless given."""
     counter = iter(range(1_000_000))
+    run_roots: list[str] = []
 
     def run(*args: str, cwd: Path | None = None, env: dict | None = None,
             timeout: float = 600) -> InnerRun:
         n = next(counter)
         base = tmp_path / f"inner{n}"
-        (base / "run").mkdir(parents=True)
+        base.mkdir(parents=True)
+        # Short: QMP and serial sockets live there (sun_path is 108 bytes).
+        run_roots.append(tempfile.mkdtemp(prefix="qmh-in-"))
         art, junit = base / "artifacts", base / "junit.xml"
-        full_env = dict(os.environ, HARNESS_RUN_ROOT=str(base / "run"), COLUMNS="300")
+        full_env = dict(os.environ, HARNESS_RUN_ROOT=run_roots[-1], COLUMNS="300")
         full_env.pop("PYTEST_XDIST_WORKER", None)
         full_env.pop("PYTEST_ADDOPTS", None)
         full_env.update(env or {})
@@ -54,4 +59,6 @@ def inner_pytest(tmp_path):
         cp = subprocess.run([sys.executable, "-m", "pytest", *opts, *args], cwd=cwd or base,
                             capture_output=True, text=True, env=full_env, timeout=timeout)
         return InnerRun(cp.returncode, cp.stdout, cp.stderr, art, junit)
-    return run
+    yield run
+    for d in run_roots:   # the inner session's leak check removed what it started
+        shutil.rmtree(d, ignore_errors=True)

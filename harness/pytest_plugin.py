@@ -83,6 +83,7 @@ def pytest_configure(config):
         config.option.hammer_seed = (config.workerinput["harness_seed"] if hasattr(config, "workerinput")
                                      else random.SystemRandom().getrandbits(32))
     config.stash[_session_runs_key] = []
+    config.pluginmanager.register(JUnitEvidence(config), "harness_junit_evidence")
     _validate_options(config)
     config._harness_artifacts_root = Path(config.option.artifacts).resolve() / stamp
     from harness.stress.pytest_hammer import HammerPlugin
@@ -361,8 +362,63 @@ def pytest_runtest_makereport(item, call):
         from harness.stress.pytest_hammer import record_outcome
         record_outcome(item, report, call.excinfo.value.outcome)
     if run is not None and report.failed:
-        report.sections.append(("harness artifacts", str(run.artifacts)))
+        if report.when == "call" and call.excinfo is not None:
+            _signature_first(item, report, call.excinfo, run)
+        else:
+            report.sections.append(("harness artifacts", str(run.artifacts)))
     return report
+
+
+def _signature_first(item, report, excinfo, run: TestRun) -> None:
+    """The failure's signature leads everywhere: the summary line and JUnit's message
+    (reprcrash.message), the text (signature, artifacts, cause); the harness's own
+    traceback only with -v (a test's own assert keeps its traceback). JUnit's system-out
+    gets GitLab attachment lines and each QEMU's last stderr lines."""
+    from _pytest._code.code import ReprEntryNative, ReprExceptionInfo, ReprFileLocation, ReprTraceback
+
+    from harness import failures
+    old = report.longrepr
+    crash = getattr(old, "reprcrash", None)
+    exc = excinfo.value
+    harness_raised = failures.is_harness_failure(exc)
+    summary = failures.summarize(exc, run.all_machines(), run.artifacts)
+    signature = summary.signature
+    if not harness_raised and crash is not None:
+        signature = crash.message.splitlines()[0] if crash.message else signature
+    lines = [signature, *summary.text().splitlines()[1:]]
+    where = f"{crash.path}:{crash.lineno}" if crash is not None else ""
+    if not harness_raised:
+        lines += ["", str(old)]
+    elif item.config.option.verbose > 0:
+        lines += ["", "harness traceback:", str(old)]
+    else:
+        lines += [f"raised at {summary.location or where} (-v shows the traceback)"]
+    report.longrepr = ReprExceptionInfo(
+        reprtraceback=ReprTraceback([ReprEntryNative([ln + "\n" for ln in lines])], None, "native"),
+        reprcrash=ReprFileLocation(crash.path if crash else str(item.path),
+                                   crash.lineno if crash else 0, signature))
+    # A plain attribute: xdist ships it to the controller with the report.
+    report.harness_system_out = summary.system_out()
+
+
+class JUnitEvidence:
+    """Writes a failed test's attachments and stderr tails into JUnit's system-out."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def pytest_runtest_logreport(self, report):
+        text = getattr(report, "harness_system_out", None)
+        if not text:
+            return
+        import xml.etree.ElementTree as ET
+
+        from _pytest.junitxml import bin_xml_escape, xml_key
+        xml = self.config.stash.get(xml_key, None)   # pytest's LogXML, with --junitxml
+        if xml is not None:
+            el = ET.Element("system-out")
+            el.text = bin_xml_escape(text)
+            xml.node_reporter(report).append(el)
 
 
 def _exists_on(host, path: Path) -> bool:

@@ -126,10 +126,10 @@ def test_compat_matrix_explains_from_destination_stderr(tmp_path):
     (d / "stderr.log").write_text(
         "qemu-system-x86_64: Machine type received is 'pc-q35-7.2' and local is 'pc-q35-10.0'\n"
         "qemu-system-x86_64: load of migration failed: Invalid argument\n")
-    why = cm.explain("MigrationStateError: source: migration failed: Broken pipe", str(tmp_path / "test"))
+    why = cm.explain_failure("MigrationStateError: source: migration failed: Broken pipe", str(tmp_path / "test"))
     assert why == "machine type mismatch (source pc-q35-7.2, destination pc-q35-10.0)"
-    assert cm.explain("crash SIGSEGV: foo") == "QEMU crashed (SIGSEGV)"
-    assert cm.explain("something new\nmore") == "something new"
+    assert cm.explain_failure("crash SIGSEGV: foo") == "QEMU crashed (SIGSEGV)"
+    assert cm.explain_failure("something new\nmore") == "something new"
 
 
 def test_known_bug_signature_is_optional():
