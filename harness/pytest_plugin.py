@@ -62,6 +62,14 @@ def pytest_addoption(parser):
                 help="with --inventory: 'auto' (free slots, seeded order) or host names SRC:DST")
     g.addoption("--host-tags", default="", metavar="TAG,...",
                 help="with --inventory: only hosts carrying all these tags")
+    g.addoption("--shard", default=None, metavar="K/N",
+                help="run only the K-th of N deterministic, duration-balanced parts of the "
+                     "selected tests (CI: GitLab parallel: N, a GitHub matrix)")
+    g.addoption("--durations-file", default=None, metavar="JSON",
+                help="measured test durations for --shard (default: tests/durations.json "
+                     "under the rootdir)")
+    g.addoption("--store-durations", action="store_true",
+                help="merge this run's measured durations into --durations-file")
 
 
 def pytest_configure(config):
@@ -84,6 +92,8 @@ def pytest_configure(config):
                                      else random.SystemRandom().getrandbits(32))
     config.stash[_session_runs_key] = []
     config.pluginmanager.register(JUnitEvidence(config), "harness_junit_evidence")
+    if config.option.store_durations and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(DurationRecorder(config), "harness_durations")
     _validate_options(config)
     config._harness_artifacts_root = Path(config.option.artifacts).resolve() / stamp
     from harness.stress.pytest_hammer import HammerPlugin
@@ -109,12 +119,61 @@ def _validate_options(config) -> None:
             for b in (o.qemu, o.qemu_src, o.qemu_dst):
                 if b:  # only binaries the user named; the default is checked when first needed
                     probe(b)
+        if o.shard:
+            from harness import shard
+            shard.parse(o.shard)
+            shard.load_durations(_durations_file(config))
         if o.hammer < 1:
             raise SpecError(f"--hammer {o.hammer} must be >= 1")
         if o.hammer_time is not None and o.hammer_time <= 0:
             raise SpecError(f"--hammer-time {o.hammer_time} must be > 0")
-    except (SpecError, BinaryError, HostError, inventory_mod.InventoryError) as exc:
+    except (SpecError, BinaryError, HostError, inventory_mod.InventoryError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def _durations_file(config) -> Path:
+    o = config.option
+    return Path(o.durations_file) if o.durations_file else Path(config.rootpath) / "tests" / "durations.json"
+
+
+@pytest.hookimpl(trylast=True)   # after -k/-m: split what is selected
+def pytest_collection_modifyitems(config, items):
+    if not config.option.shard:
+        return
+    from harness import shard
+    part = shard.parse(config.option.shard)
+    mine = shard.select((i.nodeid for i in items), shard.load_durations(_durations_file(config)), part)
+    keep = [i for i in items if i.nodeid in mine]
+    dropped = [i for i in items if i.nodeid not in mine]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
+
+
+def pytest_sessionstart(session):
+    """JUnit says which shard it holds (harness report checks the shards are complete)."""
+    config = session.config
+    if config.option.shard and not hasattr(config, "workerinput"):
+        from _pytest.junitxml import xml_key
+        xml = config.stash.get(xml_key, None)
+        if xml is not None:
+            xml.add_global_property("harness_shard", config.option.shard)
+
+
+class DurationRecorder:
+    """--store-durations: setup + call + teardown seconds per test, written at the end."""
+
+    def __init__(self, config):
+        self.config = config
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report):
+        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session):
+        if self.seconds:
+            from harness import shard
+            shard.store_durations(_durations_file(self.config), self.seconds)
 
 
 def _tags(o) -> tuple[str, ...]:

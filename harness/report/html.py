@@ -19,7 +19,8 @@ from urllib.parse import quote
 
 from harness.migration.progress import cpu_percent
 from harness.report import svg
-from harness.report.results import STATUSES, ResultDir, RunMetrics, JUnitCase, reproducer_path
+from harness.report.results import (STATUSES, JUnitCase, ResultDir, RunMetrics, reproducer_path,
+                                    shard_warnings)
 
 COLORS = {"passed": "#2ca02c", "failed": "#d62728", "error": "#8c564b", "xfailed": "#ff7f0e",
           "skipped": "#9e9e9e"}
@@ -53,7 +54,10 @@ def render(results: list[ResultDir], opt: ReportOptions) -> str:
     parts = [f"<h1>{escape(opt.title)}</h1>",
              f'<p class="muted">generated {time.strftime("%Y-%m-%d %H:%M:%S %Z")} from '
              + ", ".join(_link(r.root, base, r.label) for r in results) + "</p>"]
-    warnings = [w for r in results + opt.trend for w in r.warnings]
+    warnings = [w for r in results + opt.trend for w in r.warnings] + shard_warnings(results)
+    shards = sorted({s for r in results for s in r.shards}, key=lambda s: [int(x) for x in s.split("/")])
+    if shards:
+        parts.append(f'<p class="muted">merged from shards {escape(", ".join(shards))}</p>')
     if warnings:
         parts.append("<ul>" + "".join(f'<li class="warn">{escape(w)}</li>' for w in warnings) + "</ul>")
     parts += _summary(cases)
@@ -104,7 +108,7 @@ def _failures(cases: list[JUnitCase], base: Path) -> list[str]:
     if not groups:
         return []
     rows = ""
-    for (status, scenario, line), cs in groups.items():
+    for (status, scenario, line), cs in sorted(groups.items(), key=lambda g: g[0]):
         links = " ".join(_link(c.artifacts, base, str(i + 1) if len(cs) > 1 else "artifacts")
                          for i, c in enumerate(cs))
         rows += (f'<tr><td class="{status}">{status}</td><td class="n">{len(cs)}</td>'

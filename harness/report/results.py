@@ -108,6 +108,11 @@ class ResultDir:
     triages: list[TriageFile] = field(default_factory=list)
     reproducers: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    shard_files: dict = field(default_factory=dict)    # JUnit Path -> "K/N" (pytest --shard)
+
+    @property
+    def shards(self) -> list[str]:
+        return list(self.shard_files.values())
 
     @property
     def label(self) -> str:
@@ -157,6 +162,47 @@ def parse_junit(path: Path) -> list[JUnitCase]:
     return out
 
 
+def junit_shards(path: Path) -> list[str]:
+    """The `harness_shard` suite properties (pytest --shard K/N) of one JUnit file."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError):
+        return []
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    return [p.get("value") for s in suites for p in s.findall("./properties/property")
+            if p.get("name") == "harness_shard" and p.get("value")]
+
+
+def shard_warnings(dirs: list[ResultDir]) -> list[str]:
+    """Sharded results merge into one report: say when a shard is missing or a test ran
+    in two shards."""
+    shards = sorted({s for d in dirs for s in d.shards})
+    if not shards:
+        return []
+    out = []
+    totals = {s.split("/")[1] for s in shards}
+    if len(totals) > 1:
+        out.append(f"shards of different splits merged: {', '.join(shards)}")
+    else:
+        n = int(totals.pop())
+        missing = [f"{k}/{n}" for k in range(1, n + 1) if f"{k}/{n}" not in shards]
+        if missing:
+            out.append(f"incomplete: shard(s) {', '.join(missing)} missing from the results")
+    owner: dict[tuple[str, str], Path | None] = {}
+    twice = set()
+    for d in dirs:
+        for c in d.cases:
+            if c.junit not in d.shard_files:
+                continue   # unsharded results may repeat tests (smoke and full tiers)
+            key = (c.classname, c.name)
+            if key in owner and owner[key] != c.junit:
+                twice.add(f"{c.classname}::{c.name}")
+            owner.setdefault(key, c.junit)
+    if twice:
+        out.append(f"{len(twice)} test(s) ran in more than one shard, e.g. {sorted(twice)[0]}")
+    return out
+
+
 def _is_junit(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -182,6 +228,7 @@ def load(root: Path) -> ResultDir:
             if fn.endswith(".xml") and _is_junit(p):
                 try:
                     rd.cases.extend(parse_junit(p))
+                    rd.shard_files.update((p, s) for s in junit_shards(p))
                 except ReportError as exc:
                     rd.warnings.append(str(exc))
             elif fn == "triage.json":
