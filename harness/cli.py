@@ -133,6 +133,9 @@ def _guard(fn, what: str = "") -> int:
             return fn() or 0
     except proctree.Interrupted as exc:
         return proctree.print_interrupted(exc)
+    except SpecError as exc:    # bad input: a usage error
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
     except known as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 1

@@ -1,66 +1,179 @@
-"""Export a minimised chaos plan as a standalone reproducer script.
+"""Export a chaos plan as a self-contained standalone reproducer script.
 
-The script uses only the standard library: it starts both QEMUs with the
-recorded command lines, drives QMP itself, relays the migration through a
-tiny TCP relay (so a link cut can be replayed), applies the plan's actions at
-their times, lets the migration settle and checks for the same violation. It
-prints its own hit rate.
+The script holds the engine's own action code (harness/runtime/actions.py) and
+the standalone driver (harness/runtime/standalone.py) verbatim, so it replays
+each step through the very implementation the engine used; the boot sector and
+any TLS credentials are embedded; command lines and steps are readable Python
+literals. It needs python3 and QEMU only. Exit codes follow `git bisect run`.
 """
 from __future__ import annotations
 
+import base64
 import json
+import pprint
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from harness.report.reproducer import _match_for, run_script_tree
-from harness.stress.actions import primitive
-from harness.stress.chaos import ChaosPlan
+import harness.runtime.actions as actions_mod
+import harness.runtime.standalone as standalone_mod
+from harness.report.reproducer import run_script_tree
+from harness.stress import oracles
+from harness.stress.plans import ChaosPlan
 
-SCRIPT = Path(__file__).with_name("chaos_reproducer.py.tmpl")
+
+def _outcome_match(outcome: dict) -> dict:
+    """Same signal (returncode) and the assertion text, if any."""
+    m: dict = {"returncode": outcome.get("returncode")}
+    assertion = outcome.get("assertion")
+    if assertion:
+        core = re.sub(r"^.*?:\d+: ", "", assertion)
+        m["stderr"] = "[`']".join(re.escape(part) for part in re.split(r"[`']", core))
+    return m
 
 
-def _args_of(machine_dir: Path) -> tuple[str, list[str]]:
+def _argv(machine_dir: Path, subst: dict) -> tuple[str, list[str]]:
     argv = shlex.split((machine_dir / "cmdline.txt").read_text())
-    m = next(re.search(r"path=(\S+?)/qmp\.sock", a) for a in argv if "qmp.sock" in a)
-    rundir = m.group(1)
-    return argv[0], [a.replace(rundir, "@RUNDIR@") for a in argv[1:]]
+    rundir = next(re.search(r"path=(\S+?)/qmp\.sock", a).group(1) for a in argv if "qmp.sock" in a)
+    out = []
+    for a in argv[1:]:
+        a = a.replace(rundir, "@RUNDIR@")
+        for old, new in subst.items():
+            a = a.replace(old, new)
+        out.append(a)
+    return argv[0], out
 
 
-def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path,
-                 converge: dict, non_converge: dict) -> Path:
-    """attempt_dir: artifacts of a run that showed `signature` (for command lines, outcome)."""
-    src_bin, src_args = _args_of(attempt_dir / "source")
-    dst_bin, dst_args = _args_of(attempt_dir / "destination")
+def _bootblock(argv_text: str) -> Path:
+    m = re.search(r"file=(\S+?bootblock[^,\s]*\.bin)", argv_text)
+    if m is None:
+        raise ValueError("no boot-sector image in the recorded command line")
+    return Path(m.group(1))
+
+
+def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, *, base,
+                 hit_rate: str = "not measured", versions: str = "") -> Path:
+    """attempt_dir: artifacts of a run that showed `signature` (command lines, outcomes)."""
+    src_text = (attempt_dir / "source" / "cmdline.txt").read_text()
+    boot = _bootblock(src_text)
+    subst = {str(boot): "@BOOT@", str(attempt_dir / "shared" / "disk0.qcow2"): "@DISK@"}
+    tls_files = {}
+    tls_dir = attempt_dir / "tls"
+    if tls_dir.is_dir():
+        subst[str(tls_dir)] = "@TLS@"
+        tls_files = {str(p.relative_to(tls_dir)): base64.b64encode(p.read_bytes()).decode()
+                     for p in sorted(tls_dir.rglob("*")) if p.is_file()}
+    src_bin, src_args = _argv(attempt_dir / "source", subst)
+    dst_bin, dst_args = _argv(attempt_dir / "destination", subst)
     match: dict = {"signature": signature}
     if signature.startswith("crash"):
         for side in ("source", "destination"):
             o = json.loads((attempt_dir / side / "outcome.json").read_text())
             if o.get("kind") == "crash":
-                match.update(_match_for(o), side=side)
+                match.update(_outcome_match(o), side=side)
                 break
+    elif signature.startswith("stderr:"):
+        match["stderr_text"] = signature.split(": ", 1)[1].split("N")[0][:60]
+    tls = base.tls.materialize if base.tls is not None else None
     config = {
-        "src": {"binary": src_bin, "args": src_args},
-        "dst": {"binary": dst_bin, "args": dst_args},
-        "actions": [{"at_ms": a.at_ms, "side": a.side.value, "do": list(primitive(a)),
-                     "text": a.describe()} for a in plan.actions],
-        "converge": converge, "non_converge": non_converge, "match": match,
+        "signature": signature,
+        "base": plan.base,
+        "src_binary": src_bin, "dst_binary": dst_bin,
+        "src_args": src_args, "dst_args": dst_args,
+        "transport": base.transport.value,
+        "caps": [list(c) for c in base.caps],
+        "src_params": {**dict(base.src_params), **({"tls-creds": "tlscreds0"} if tls else {})},
+        "dst_params": {**dict(base.dst_params), **({"tls-creds": "tlscreds0"} if tls else {})},
+        "hold": {"max-bandwidth": 3_000_000, "downtime-limit": 1},
+        "settle": oracles.SETTLE_PARAMS,
+        "span_ms": plan.span_ms,
+        "steps": [dict(s.to_dict(), text=s.describe()) for s in plan.steps],
+        "match": match,
+        "tls_files": tls_files,
+        "bootblock_b64": base64.b64encode(boot.read_bytes()).decode(),
     }
-    text = SCRIPT.read_text().replace("@@SIGNATURE@@", signature).replace(
-        "@@CONFIG@@", repr(json.dumps(config, indent=1)))
+    if tls:   # x509 server names must stay valid: the cert files are embedded as they were
+        config["tls_note"] = "TLS credentials embedded under @TLS@"
+    text = _script(config, signature, hit_rate, versions)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     out.chmod(0o755)
     return out
 
 
-def run_script(script: Path, attempts: int, seconds: float) -> tuple[bool, str]:
-    # Its own process group, killed whole on a timeout or an interrupt; its temp
-    # dirs go into a run dir of ours (reaped if we die).
-    cp = run_script_tree([sys.executable, str(script), "--attempts", str(attempts),
-                         "--seconds", str(seconds)],
-                         timeout=seconds + 180)
+HEADER = '''#!/usr/bin/env python3
+"""Standalone QEMU migration reproducer, exported by qemu-migration-harness (`harness chaos`).
+
+Shows:     {signature}
+Base:      {base} (catalog scenario whose migration setup it starts from)
+Hit rate:  {hit_rate}
+Versions:  {versions}
+
+It starts a source and a destination QEMU (command lines below), migrates over a
+local TCP relay, replays the steps below (fired at +at_ms after `migrate`, or
+after the named side first reports the `on` status/event), settles the
+migration and looks for the same violation.
+
+Needs python3 and QEMU (qemu-system-x86_64, qemu-img) only.
+Usage: {name} [--qemu PATH | --qemu-src PATH --qemu-dst PATH] [--attempts N] [--seconds S]
+Exit status (git bisect run): 0 not seen in the attempts (good), 1 seen (bad),
+125 QEMU could not start or nothing could be decided (skip).
+The last line is: RESULT hits=H attempts=A signature=S
+"""
+'''
+
+LOADER = '''
+# The harness's own action code and standalone driver, verbatim (one implementation).
+import os, sys, types, base64, tempfile, atexit, shutil
+
+
+def _install(name, source):
+    for i in range(1, name.count(".") + 1):
+        pkg = name.rsplit(".", name.count(".") - i + 1)[0]
+        sys.modules.setdefault(pkg, types.ModuleType(pkg))
+    mod = types.ModuleType(name)
+    sys.modules[name] = mod
+    exec(compile(source, name.replace(".", "/") + ".py", "exec"), mod.__dict__)
+    return mod
+
+
+def _tls_dir(files):
+    d = tempfile.mkdtemp(prefix="repro-tls-")
+    atexit.register(shutil.rmtree, d, True)
+    for rel, data in files.items():
+        p = os.path.join(d, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(base64.b64decode(data))
+        os.chmod(p, 0o600)
+    return d
+
+
+if __name__ == "__main__":
+    _install("harness.runtime.actions", ACTIONS_SOURCE)
+    standalone = _install("harness.runtime.standalone", STANDALONE_SOURCE)
+    if CONFIG["tls_files"]:
+        tls = _tls_dir(CONFIG["tls_files"])
+        for k in ("src_args", "dst_args"):
+            CONFIG[k] = [a.replace("@TLS@", tls) for a in CONFIG[k]]
+    standalone.main(CONFIG)
+'''
+
+
+def _script(config: dict, signature: str, hit_rate: str, versions: str) -> str:
+    head = HEADER.format(signature=signature, base=config["base"], hit_rate=hit_rate,
+                         versions=versions or "the recorded binaries only", name="THIS_SCRIPT")
+    body = "CONFIG = " + pprint.pformat(config, width=100, sort_dicts=False) + "\n\n"
+    sources = (f"ACTIONS_SOURCE = {Path(actions_mod.__file__).read_text()!r}\n\n"
+               f"STANDALONE_SOURCE = {Path(standalone_mod.__file__).read_text()!r}\n")
+    return head + "\n" + body + sources + LOADER
+
+
+def run_script(script: Path, attempts: int, seconds: float) -> tuple[int, str]:
+    """(exit status, RESULT line) of a standalone run (python3 -I: nothing of the
+    harness importable), in its own process group, killed whole on an interrupt."""
+    cp = run_script_tree([sys.executable, "-I", str(script), "--attempts", str(attempts),
+                          "--seconds", str(seconds)], timeout=seconds + 180)
     last = (cp.stdout.strip().splitlines() or ["no output"])[-1]
-    return cp.returncode == 0, last
+    return cp.returncode, last

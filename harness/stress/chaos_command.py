@@ -1,120 +1,203 @@
-"""`harness chaos`: random action plans against migrating pairs; every distinct
-violation minimised and exported as a standalone reproducer that is run once
-to confirm it."""
+"""`harness chaos`: plans of API-surface actions against migrating pairs drawn from the
+catalog; oracles; state coverage; every distinct violation minimised (own budget)
+and exported as a standalone reproducer that is run to confirm it (own budget).
+
+Exit status: 0 nothing found, 1 violations found, 2 usage error.
+"""
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
-from harness.migration import tuning
 from harness.qemu import accel as accel_mod
-from harness.qemu.binary import probe
+from harness.qemu.binary import common_machine_type, probe
+from harness.qemu.schema import probe_surface
 from harness.qemu.spec import MachineSpec, SpecError
 from harness.report.chaos_reproducer import export_chaos, run_script
 from harness.run import TestRun
-from harness.stress.chaos import ChaosPlan, ChaosRecipe, chaos_attempt
-from harness.stress.command import slug
+from harness.stress import bases as bases_mod
+from harness.stress.coverage import Coverage
+from harness.stress.engine import ChaosRecipe, base_of
 from harness.stress.hammer import (HammerConfig, cleanup_empty, draw_attempt, hammer, print_progress,
                                    quiet_expected_noise, with_malloc_perturb)
 from harness.stress.minimise import minimise, trials_for
+from harness.stress.plans import ChaosPlan, PlanError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("chaos", help="random actions during migration; oracles; minimised reproducers")
-    p.add_argument("--qemu", default="qemu-system-x86_64")
-    p.add_argument("--accel", default="auto")
-    p.add_argument("--seconds", type=float, default=600.0)
-    p.add_argument("-j", "--parallel", type=int, default=2)
-    p.add_argument("--actions", type=int, default=6, help="actions per plan")
-    p.add_argument("--span-ms", type=int, default=2000, help="actions fall within this window")
-    p.add_argument("--seed", type=int, default=None)
+    p = sub.add_parser("chaos", help="API-surface actions during migrations drawn from the catalog; "
+                                     "oracles; coverage; minimised standalone reproducers",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--qemu", default=os.environ.get("QTEST_QEMU_BINARY", "qemu-system-x86_64"),
+                   help="QEMU binary for both sides ($QTEST_QEMU_BINARY)")
+    p.add_argument("--qemu-src", default=os.environ.get("QTEST_QEMU_BINARY_SRC"),
+                   help="source binary ($QTEST_QEMU_BINARY_SRC; default --qemu)")
+    p.add_argument("--qemu-dst", default=os.environ.get("QTEST_QEMU_BINARY_DST"),
+                   help="destination binary ($QTEST_QEMU_BINARY_DST; default --qemu)")
+    p.add_argument("--accel", default="auto", help="tcg, kvm or auto (measured)")
+    p.add_argument("--seconds", type=float, default=600.0, help="exploration budget")
+    p.add_argument("-j", "--parallel", type=int, default=os.cpu_count() or 2, help="worker processes")
+    p.add_argument("--actions", type=int, default=6, help="steps per fresh plan (mutations may add some)")
+    p.add_argument("--span-ms", type=int, default=800, help="clock-fired steps fall within this window")
+    p.add_argument("--families", default="", help="comma-separated catalog families to draw bases "
+                                                  "from (default: every eligible one)")
+    p.add_argument("--scenario", action="append", default=[], metavar="PATH",
+                   help="draw bases only from this catalog path (repeatable)")
+    p.add_argument("--corpus", metavar="DIR", help="plans that reached new coverage: loaded at start, "
+                                                   "added to while running (default: ARTIFACTS/corpus)")
+    p.add_argument("--seed", type=int, default=None, help="session seed (default: random, printed)")
     p.add_argument("--replay", metavar="PLAN_JSON", help="run one recorded plan (plan.json) again")
     p.add_argument("--replay-seed", type=int, metavar="ATTEMPT_SEED",
-                   help="re-run one attempt from its seed (seed.txt): same plan, same MALLOC_PERTURB_")
-    p.add_argument("--minimise-seconds", type=float, default=240.0,
+                   help="re-draw one attempt from its seed.txt (fresh draws only; mutated plans: --replay)")
+    p.add_argument("--minimise-seconds", type=float, default=120.0,
                    help="budget per distinct violation for minimisation")
-    p.add_argument("--verify-attempts", type=int, default=5,
-                   help="standalone runs of each exported reproducer")
-    p.add_argument("--no-malloc-perturb", action="store_true")
-    p.add_argument("--artifacts", default="artifacts/chaos")
+    p.add_argument("--verify-seconds", type=float, default=120.0,
+                   help="budget per exported reproducer's standalone confirmation")
+    p.add_argument("--max-findings", type=int, default=12, help="violations followed up at most")
+    p.add_argument("--no-malloc-perturb", action="store_true", help="no random MALLOC_PERTURB_")
+    p.add_argument("--allow-known", action="store_true",
+                   help="exit 0 if every violation is a known QEMU bug")
+    p.add_argument("--artifacts", default="artifacts/chaos", help="root of the run's artifacts")
+
+
+def _validate(args) -> None:
+    if args.seconds <= 0:
+        raise SpecError(f"--seconds {args.seconds:g} must be > 0")
+    if args.actions < 1 or args.actions > 64:
+        raise SpecError(f"--actions {args.actions} must be 1..64")
+    if not 0 <= args.span_ms <= 60_000:
+        raise SpecError(f"--span-ms {args.span_ms} must be 0..60000")
+    if args.parallel < 1 or args.parallel > 64:
+        raise SpecError(f"-j {args.parallel} must be 1..64")
+    if args.minimise_seconds < 0 or args.verify_seconds < 0:
+        raise SpecError("--minimise-seconds and --verify-seconds must be >= 0")
 
 
 def main(args) -> int:
     quiet_expected_noise()
-    if args.actions < 1 or args.span_ms < 0 or args.parallel < 1:
-        raise SpecError("chaos: --actions and -j must be >= 1, --span-ms >= 0")
-    binary = probe(args.qemu).path
-    base = MachineSpec(binary=binary, accel=accel_mod.resolve(binary, args.accel))
+    _validate(args)
+    src_bin = probe(args.qemu_src or args.qemu).path
+    dst_bin = probe(args.qemu_dst or args.qemu).path
+    accel = accel_mod.resolve(src_bin, args.accel)
+    mt = "q35"
+    if src_bin != dst_bin:
+        mt = common_machine_type(probe(src_bin), probe(dst_bin)) or "q35"
+    families = tuple(f for f in args.families.split(",") if f)
+    bases = bases_mod.eligible(families or None, tuple(args.scenario) or None,
+                               check=bases_mod.requirement_check(src_bin, dst_bin, accel))
     root = Path(args.artifacts).resolve() / time.strftime("%Y%m%d-%H%M%S")
-    recipe = ChaosRecipe(actions=args.actions, span_ms=args.span_ms)
-    if args.replay or args.replay_seed is not None:
-        if args.replay_seed is not None:
+    replaying = args.replay or args.replay_seed is not None
+    plan = _load_plan(args.replay, bases) if args.replay else None   # before any QEMU starts
+    surface = probe_surface(src_bin)
+    corpus = Path(args.corpus).resolve() if args.corpus else root / "corpus"
+    recipe = ChaosRecipe(surface=surface, bases=bases, actions=args.actions, span_ms=args.span_ms,
+                         corpus_dir=None if replaying else str(corpus), dst_binary=dst_bin)
+    base_spec = MachineSpec(binary=src_bin, accel=accel, machine_type=mt)
+    if replaying:
+        if plan is None:
             plan, perturb = draw_attempt(recipe, args.replay_seed, not args.no_malloc_perturb)
         else:
-            plan = _load_plan(args.replay)
             perturb = None if args.no_malloc_perturb else random.randint(1, 255)
-        v = chaos_attempt(TestRun(root / "replay"), with_malloc_perturb(base, perturb), plan)
+        v = recipe.attempt(TestRun(root / "replay"), with_malloc_perturb(base_spec, perturb), plan)
         print(json.dumps({"signature": v.signature, "malloc_perturb": perturb, "plan": plan.to_dict(),
                           "applied": v.applied, "artifacts": str(root / "replay")}, indent=2))
         return 0 if v.ok else 1
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
-    print(f"chaos seed {seed} parallel {args.parallel} artifacts {root}", file=sys.stderr, flush=True)
-    cfg = HammerConfig(base=base, artifacts=root / "runs", seconds=args.seconds,
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "seed.txt").write_text(json.dumps({
+        "seed": seed, "qemu_src": src_bin, "qemu_dst": dst_bin, "accel": accel, "machine_type": mt,
+        "actions": args.actions, "span_ms": args.span_ms, "families": list(families),
+        "scenario": args.scenario, "corpus": str(corpus), "malloc_perturb": not args.no_malloc_perturb,
+        "bases": [b.path for b in bases]}, indent=2) + "\n")
+    print(f"chaos seed {seed}: {len(bases)} base(s), {len(surface.capabilities)} capabilities, "
+          f"{len(surface.parameters)} parameters; -j {args.parallel}; exploring {args.seconds:g}s, "
+          f"then per violation (at most {args.max_findings}) minimising <= {args.minimise_seconds:g}s "
+          f"and verifying <= {args.verify_seconds:g}s; artifacts {root}", file=sys.stderr, flush=True)
+    cfg = HammerConfig(base=base_spec, artifacts=root / "runs", seconds=args.seconds,
                        parallel=args.parallel, seed=seed, malloc_perturb=not args.no_malloc_perturb)
     triage = hammer(recipe, cfg, print_progress)
+    coverage = Coverage()
+    coverage.add(triage.coverage)
+    rows = triage.rows()
     findings = []
-    for st in triage.rows():
-        findings.append(_follow_up(st, base, root, args))
+    for i, st in enumerate(rows[:args.max_findings]):
+        print(f"[{i + 1}/{min(len(rows), args.max_findings)}] following up {st.signature} "
+              f"({st.count} hit(s))", file=sys.stderr, flush=True)
+        findings.append(_follow_up(st, recipe, base_spec, root, args))
+    summary = {"seed": seed, "plans": triage.attempts, "seconds": round(triage.elapsed, 1),
+               "plans_per_s": round(triage.attempts / triage.elapsed, 2) if triage.elapsed else 0,
+               "coverage": coverage.counts(), "violations": findings}
     triage.write(root / "triage.json")
-    (root / "findings.json").write_text(json.dumps(findings, indent=2) + "\n")
+    (root / "findings.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(triage.table())
     for f in findings:
-        print(f"- {f['signature']}: {f['count']} hit(s); minimised {f['actions_before']} -> "
-              f"{f['actions_after']} action(s); reproducer {f.get('reproducer', '-')}: {f.get('standalone', '-')}")
-    print(f"seed {seed}; {triage.attempts} plans in {triage.elapsed:.0f}s; findings: {root / 'findings.json'}")
+        print(f"- {f['signature']}: {f['count']} hit(s) in {triage.attempts} plans; "
+              f"{f['actions_before']} -> {f['actions_after']} step(s); {f.get('standalone', '-')}\n"
+              f"  reproducer {f.get('reproducer', '-')}")
+    c = coverage.counts()
+    print(f"seed {seed}; {triage.attempts} plans in {triage.elapsed:.0f}s "
+          f"({summary['plans_per_s']}/s); coverage {c['tuples']} tuples, {c['transitions']} transitions, "
+          f"{c['action_kinds']} action kinds; findings: {root / 'findings.json'}")
     cleanup_empty(root)
-    return 0
+    return 1 if findings else 0
 
 
-def _load_plan(path: str) -> ChaosPlan:
+def _load_plan(path: str, bases) -> ChaosPlan:
     try:
-        return ChaosPlan.from_dict(json.loads(Path(path).read_text()))
-    except (OSError, ValueError, KeyError) as exc:
-        raise SpecError(f"chaos --replay: cannot read a plan from {path}: {exc}") from None
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"chaos --replay {path}: {exc}") from None
+    try:
+        return ChaosPlan.from_dict(data, known_bases=set(bases_mod.by_path(bases)) | _catalog_paths())
+    except PlanError as exc:
+        raise SpecError(f"chaos --replay {path}: {exc}") from None
 
 
-def _follow_up(st, base: MachineSpec, root: Path, args) -> dict:
+def _catalog_paths() -> set:
+    from harness.migration import catalog
+    return set(catalog.by_path())
+
+
+def _follow_up(st, recipe: ChaosRecipe, base_spec: MachineSpec, root: Path, args) -> dict:
     """Minimise the first plan that showed this signature; export and verify a reproducer."""
+    from harness.stress.command import slug
     plan = ChaosPlan.from_dict(st.first_variant)
-    info = {"signature": st.signature, "kind": st.kind, "count": st.count,
-            "first_artifacts": st.first_artifacts, "actions_before": len(plan.actions)}
+    info = {"signature": st.signature, "kind": st.kind, "count": st.count, "base": plan.base,
+            "first_artifacts": st.first_artifacts, "actions_before": len(plan.steps)}
     name = slug(st.signature)
-    res = minimise(plan, st.signature, base, root / "minimise" / name, budget_s=args.minimise_seconds)
-    info.update(actions_after=len(res.minimal.actions), original_rate=res.original_rate,
+    res = minimise(plan, st.signature, base_spec, root / "minimise" / name,
+                   budget_s=args.minimise_seconds, attempt=recipe.attempt)
+    info.update(actions_after=len(res.minimal.steps), original_rate=res.original_rate,
                 final_rate=res.final_rate, minimise_runs=res.runs, minimise_log=res.log,
-                minimal_plan=res.minimal.to_dict())
-    # Enough standalone attempts to see a failure of the measured rate (95%), capped.
-    attempts = max(args.verify_attempts, min(100, trials_for(res.final_rate or res.original_rate, 0.05, cap=100)
-                                             if (res.final_rate or res.original_rate) else 0))
+                minimal_plan=res.minimal.to_dict(), minimised=res.reproducible)
+    rate = res.final_rate or res.original_rate
+    attempts = max(5, min(100, trials_for(rate, 0.05, cap=100))) if rate else 50
+    minimal = res.minimal
     if not res.reproducible:
-        # Too rare to minimise within the budget: export the plan as found and give
-        # the standalone script many more attempts to show it.
-        info["actions_after"] = len(plan.actions)
-        info["note"] = "rarer than the minimiser can sample: exported unminimised"
-        attempts = args.verify_attempts * 10
+        info["actions_after"] = len(plan.steps)
+        info["note"] = "not reproduced within the minimiser's budget: exported unminimised"
+        minimal = plan
     hit_dir = _a_hit(root / "minimise" / name) or Path(st.first_artifacts)
     out = root / "reproducers" / f"{name}.py"
-    export_chaos(res.minimal, st.signature, hit_dir, out,
-                 {"max-bandwidth": tuning.CONVERGE_BANDWIDTH, "downtime-limit": tuning.CONVERGE_DOWNTIME_MS},
-                 {"max-bandwidth": tuning.NON_CONVERGE_BANDWIDTH,
-                  "downtime-limit": tuning.NON_CONVERGE_DOWNTIME_MS})
-    ok, line = run_script(out, attempts, 600)
-    st.reproducer = str(out)
+    try:
+        export_chaos(minimal, st.signature, hit_dir, out, base=base_of(minimal, recipe.bases),
+                     hit_rate=f"{st.count} in the exploration; minimiser {res.final_rate:.2f} per run",
+                     versions=probe(base_spec.binary).version)
+    except (OSError, ValueError, StopIteration, AttributeError) as exc:
+        info["standalone"] = f"not exported: {exc}"
+        return info
     info["reproducer"] = str(out)
-    info["standalone"] = ("reproduces: " if ok else "did not reproduce: ") + line
+    if args.verify_seconds <= 0:
+        info["standalone"] = "not verified (--verify-seconds 0)"
+        return info
+    rc, line = run_script(out, attempts, args.verify_seconds)
+    info["standalone"] = {0: "standalone: not seen", 1: "standalone: reproduces",
+                          125: "standalone: could not decide"}.get(rc, f"standalone: exit {rc}") + f" ({line})"
     return info
 
 

@@ -23,7 +23,7 @@ from harness import proctree
 from harness.hosts.local import LocalHost
 from harness.qemu.spec import MachineSpec
 from harness.run import TestRun
-from harness.stress.chaos import ChaosRecipe, chaos_attempt
+from harness.stress.engine import ChaosRecipe, chaos_attempt
 from harness.stress.races import ShutdownRace, shutdown_attempt
 from harness.stress.recipes import (CancelRace, DestinationConfigRace, cancel_attempt,
                                     dest_config_attempt)
@@ -78,12 +78,16 @@ def run_one(recipe, base: MachineSpec, art: Path, seed: int, malloc_perturb: boo
     run = TestRun(art, want_evidence=budget)
     (art / "seed.txt").write_text(f"{seed}\n")
     t0 = time.monotonic()
-    outcome = ATTEMPTS[type(recipe)](run, spec, variant)
+    attempt = getattr(recipe, "attempt", None) or ATTEMPTS[type(recipe)]  # chaos: bound to its bases
+    outcome = attempt(run, spec, variant)
+    feedback = getattr(recipe, "feedback", None)   # chaos: coverage steers later draws
+    new = feedback(variant, outcome) if feedback is not None else []
     rec = AttemptRecord(worker=worker, index=index, seed=seed, variant=variant.to_dict(),
                         kind=outcome.kind.name.lower(), signature=outcome.signature, ok=outcome.ok,
                         seconds=round(time.monotonic() - t0, 3), artifacts=str(art),
                         malloc_perturb=perturb, evidence=outcome.core is not None,
-                        notes=list(getattr(outcome, "notes", [])))
+                        notes=list(getattr(outcome, "notes", [])),
+                        coverage=list(getattr(outcome, "coverage", [])), new_coverage=len(new))
     if outcome.ok and not keep_passing:
         run.discard_artifacts()
         rec.artifacts = None

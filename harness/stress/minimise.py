@@ -16,7 +16,8 @@ from typing import Callable
 
 from harness.qemu.spec import MachineSpec
 from harness.run import TestRun
-from harness.stress.chaos import ChaosPlan, chaos_attempt
+from harness.stress.engine import chaos_attempt
+from harness.stress.plans import ChaosPlan
 
 MAX_TRIALS = 8
 

@@ -21,8 +21,8 @@ from harness.qemu.machine import MachineFailure
 from harness.qemu.qmp import QMPCommandError, QMPTimeout
 from harness.qemu.spec import GuestKind, GuestSpec, MachineSpec, SpecError
 from harness.run import TestRun
-from harness.stress.chaos import (SETTLE_TIMEOUT, Verdict, VerdictKind, _Ctx, _settle, final_verdict,
-                                  judge)
+from harness.stress.oracles import (SETTLE_TIMEOUT, PairState, Verdict, VerdictKind, final_verdict,
+                                    judge, settle)
 
 CANCEL_FLOWS = ("precopy", "multifd", "postcopy")
 
@@ -45,12 +45,12 @@ def _judged(run: TestRun, body) -> Verdict:
 
 
 def _settle_and_judge(pair, port: int, notes: list) -> Verdict | None:
-    ctx = _Ctx(pair, None, port)
+    st = PairState(pair)
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    settled = _settle(ctx, deadline)
+    settled = settle(st, deadline)
     desc = pair.src.qmp.try_cmd("query-migrate").get("error-desc", "") if settled else ""
     notes.append(f"migration {settled}" + (f": {desc}" if desc else ""))
-    return judge(ctx, settled, time.monotonic() >= deadline)
+    return judge(st, settled)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ class AttemptRecord:
     malloc_perturb: int | None = None
     evidence: bool = False     # core + backtrace collected for this one
     notes: list = field(default_factory=list)  # what QEMU did (recipes that observe)
+    coverage: list = field(default_factory=list)  # chaos: state-coverage tuples reached
+    new_coverage: int = 0                         # chaos: how many were new to this worker
 
 
 @dataclass
@@ -45,9 +47,11 @@ class Triage:
         self.by_sig: dict[str, SignatureStats] = {}
         self.first_failure_at: float | None = None
         self.observations: dict[str, int] = {}
+        self.coverage: set[str] = set()     # chaos: every coverage tuple any worker reached
 
     def add(self, rec: AttemptRecord, elapsed: float | None = None) -> SignatureStats | None:
         self.attempts += 1
+        self.coverage.update(rec.coverage)
         for n in rec.notes:
             self.observations[n] = self.observations.get(n, 0) + 1
         if rec.ok:

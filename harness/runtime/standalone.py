@@ -1,0 +1,511 @@
+"""The standalone side of a chaos reproducer: QEMU processes, QMP, a TCP relay and
+an Env for harness.runtime.actions, with the standard library only.
+
+An exported reproducer embeds this module and actions.py verbatim and runs
+`main(CONFIG)`; the steps it replays go through the same Action.apply code as
+the engine's. CONFIG holds the two command lines (@RUNDIR@ for the run dir,
+@DISK@ for the shared qcow2 disk, @BOOT@ for the boot sector), the base's
+caps and params, the steps and what counts as a hit.
+
+Exit status follows `git bisect run`: 0 the violation did not show in the
+attempts, 1 it showed, 125 QEMU could not start or nothing could be decided.
+The last line is `RESULT hits=H attempts=A signature=S`.
+"""
+import argparse
+import base64
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from harness.runtime import actions as act
+
+TERMINAL = ("completed", "failed", "cancelled")
+EXIT_GOOD, EXIT_BAD, EXIT_SKIP = 0, 1, 125
+
+
+def die_with_parent():
+    """QEMU gets SIGKILL when this script ends, however it ends (Linux prctl)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class SetupError(Exception):
+    """QEMU could not be started or set up: the attempt decides nothing."""
+
+
+class Mon:
+    """QMP over an accepted socket: replies by id; MIGRATION/STOP/RESUME events kept."""
+
+    def __init__(self, sock):
+        self.sock, self.replies, self.events = sock, {}, []
+        self.lock, self.n, self.closed = threading.Condition(), 0, False
+        self.f = sock.makefile("rb")
+        greeting = json.loads(self.f.readline())
+        self.oob = "oob" in greeting["QMP"].get("capabilities", [])
+        sock.sendall(json.dumps({"execute": "qmp_capabilities",
+                                 "arguments": {"enable": ["oob"]} if self.oob else {}}).encode() + b"\n")
+        json.loads(self.f.readline())
+        threading.Thread(target=self._reader, daemon=True).start()
+
+    def _reader(self):
+        try:
+            for line in self.f:
+                msg = json.loads(line)
+                with self.lock:
+                    if "id" in msg:
+                        self.replies[msg["id"]] = msg
+                    elif "event" in msg:
+                        self.events.append((time.monotonic(), msg["event"], msg.get("data", {})))
+                    self.lock.notify_all()
+        except (OSError, ValueError):
+            pass
+        with self.lock:
+            self.closed = True
+            self.lock.notify_all()
+
+    def send(self, name, args=None, oob=False):
+        with self.lock:
+            self.n += 1
+            rid = f"r{self.n}"
+        msg = {"exec-oob" if oob and self.oob else "execute": name, "id": rid}
+        if args:
+            msg["arguments"] = args
+        try:
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError:
+            self.closed = True
+        return rid
+
+    def cmd(self, name, args=None, timeout=5.0, oob=False):
+        rid = self.send(name, args, oob)
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while rid not in self.replies:
+                if self.closed:
+                    raise act.Gone(name)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise act.NoReply(name)
+                self.lock.wait(left)
+            return self.replies.pop(rid)
+
+
+class Vm:
+    def __init__(self, side, binary, args, subst, perturb):
+        self.side, self.dir = side, tempfile.mkdtemp(prefix=f"repro-{side}-")
+        subst = dict(subst, **{"@RUNDIR@": self.dir})
+        argv = [binary]
+        for a in args:
+            for k, v in subst.items():
+                a = a.replace(k, v)
+            argv.append(a)
+        listeners = {}
+        for a in argv:
+            m = re.match(r"socket,id=([^,]+),path=([^,]+)$", a)
+            if m:
+                s = socket.socket(socket.AF_UNIX)
+                s.bind(m.group(2))
+                s.listen(1)
+                listeners[m.group(1)] = s
+        self.err = os.path.join(self.dir, "stderr")
+        env = dict(os.environ)
+        if perturb:  # glibc fills freed memory: a use-after-free becomes a crash
+            env["MALLOC_PERTURB_"] = str(perturb)
+        with open(self.err, "w") as e:
+            try:
+                self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=e, cwd=self.dir, start_new_session=True, env=env,
+                                          preexec_fn=die_with_parent)
+            except OSError as exc:
+                raise SetupError(f"{side}: cannot run {binary}: {exc}") from None
+        conns = {}
+        for name, s in listeners.items():
+            s.settimeout(20)
+            try:
+                conns[name], _ = s.accept()
+            except OSError:
+                raise SetupError(f"{side}: QEMU never connected its {name} socket: "
+                                 f"{open(self.err, errors='replace').read().strip()[-300:]}") from None
+            s.close()
+        try:
+            self.mons = [Mon(conns[n]) for n in sorted(conns) if n.startswith("qmp")]
+        except (OSError, ValueError):
+            raise SetupError(f"{side}: no QMP greeting: {open(self.err, errors='replace').read()[-300:]}") from None
+        self.mon = self.mons[0]
+        self.serial, self.ser = b"", conns.get("serial0")
+        if self.ser is not None:
+            threading.Thread(target=self._serial, daemon=True).start()
+
+    def _serial(self):
+        while True:
+            try:
+                d = self.ser.recv(65536)
+            except OSError:
+                return
+            if not d:
+                return
+            self.serial += d
+
+    def wait_b(self, start, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if b"B" in self.serial[start:]:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def status(self):
+        if not self.alive():
+            return None
+        try:
+            r = self.mon.cmd("query-migrate", timeout=5)
+        except act.NoReply:
+            return "no-reply"
+        except act.Gone:
+            return None
+        return r.get("return", {}).get("status", "none") if "return" in r else None
+
+    def kill(self):
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def end(self):
+        if self.alive():
+            try:
+                self.mon.cmd("quit", timeout=5)
+            except (act.NoReply, act.Gone):
+                self.kill()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.p.wait()
+        rc = self.p.returncode
+        err = open(self.err, errors="replace").read()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return rc, err
+
+
+class Relay:
+    """The migration link, relayed so that it can be cut."""
+
+    def __init__(self, port):
+        self.target, self.links = ("127.0.0.1", port), []
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+                t = socket.create_connection(self.target)
+            except OSError:
+                return
+            self.links.append((c, t))
+            for a, b in ((c, t), (t, c)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        n = len(self.links)
+        for c, t in self.links:
+            for s in (c, t):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                    s.close()
+                except OSError:
+                    pass
+        self.links = []
+        return n
+
+    def close(self):
+        self.srv.close()
+        self.cut()
+
+
+class Env:
+    """harness.runtime.actions' Env over the standalone Vms."""
+
+    def __init__(self, vms, relay, main, migrate_uri):
+        self.vms, self.relay, self.main, self.uri = vms, relay, main, migrate_uri
+        self.recover, self.held, self.killed = None, [], set()
+
+    def qmp(self, side, command, args, timeout, oob):
+        if not self.vms[side].alive():
+            raise act.Gone(command)
+        return self.vms[side].mon.cmd(command, args, timeout, oob)
+
+    def flood(self, side, command, count, oob):
+        for mon in self.vms[side].mons:
+            for _ in range(count):
+                mon.send(command, None, oob)
+
+    def signal(self, side, signame):
+        if self.vms[side].alive():
+            self.vms[side].p.send_signal(getattr(signal, signame))
+
+    def expect_exit(self, side, rc):
+        self.killed.add(side)
+
+    def alive(self, side):
+        return self.vms[side].alive()
+
+    def listener(self, channel):
+        return self.main if channel == "main" else self.recover
+
+    def set_recover_port(self, port):
+        self.recover = ("127.0.0.1", port)
+
+    def migrate_uri(self):
+        return self.uri
+
+    def cut(self):
+        return self.relay.cut() if self.relay else 0
+
+    def hold(self, sock):
+        self.held.append(sock)
+
+    def pending_listener(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        self.held.append(s)
+        return f"tcp:127.0.0.1:{s.getsockname()[1]}"
+
+    def release(self):
+        for s in self.held:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                s.close()
+            except OSError:
+                pass
+        self.held = []
+
+
+def _first_seen(vm, key):
+    side_what = key.split(":", 1)[1]
+    for t, name, data in list(vm.mon.events):
+        if (name == "MIGRATION" and data.get("status") == side_what) or name == side_what:
+            return t
+    return None
+
+
+def run_steps(cfg, env, vms):
+    t0 = time.monotonic()
+    end = t0 + (cfg["span_ms"] + 300) / 1000
+    pending = list(cfg["steps"])
+    while pending:
+        now = time.monotonic()
+        due = []
+        for i, s in enumerate(pending):
+            if s.get("on"):
+                seen = _first_seen(vms[s["on"].split(":")[0]], s["on"])
+                if seen is not None:
+                    due.append((max(seen, t0) + s["at_ms"] / 1000, i))
+            else:
+                due.append((t0 + s["at_ms"] / 1000, i))
+        ready = [d for d in due if d[0] <= now]
+        if ready:
+            s = pending.pop(min(ready)[1])
+            action = act.BY_KIND[s["kind"]]
+            if action.needs_alive and not env.alive(s["side"]):
+                continue
+            action.apply(env, s["side"], tuple(s["args"]))
+            continue
+        if now >= end and not due:
+            return
+        time.sleep(0.005)
+
+
+def observe(cfg, env, vms):
+    """Settle as the engine does and name what is seen (the engine's phrases)."""
+    src, dst = vms["src"], vms["dst"]
+    try:
+        if src.alive():
+            src.mon.cmd("migrate-set-parameters", cfg["settle"], timeout=5)
+    except act.NoReply:
+        return "hang: src does not answer query-status"
+    except act.Gone:
+        pass
+    end, status, recovered = time.monotonic() + 40, None, False
+    while time.monotonic() < end:
+        if not dst.alive() and env.relay:
+            env.relay.cut()
+        status = src.status()
+        if status in TERMINAL or status is None or status == "no-reply":
+            break
+        if status == "pre-switchover":
+            try:
+                src.mon.cmd("migrate-continue", {"state": "pre-switchover"}, timeout=5)
+            except (act.NoReply, act.Gone):
+                pass
+        if status == "postcopy-paused":
+            if recovered or not dst.alive():
+                return "clean"
+            recovered = True
+            act.Recover().apply(env, "dst", ())
+        time.sleep(0.05)
+    for name, vm in vms.items():
+        if vm.alive() and name not in env.killed:
+            try:
+                vm.mon.cmd("query-status", timeout=5)
+            except act.NoReply:
+                return f"hang: {name} does not answer query-status"
+            except act.Gone:
+                pass
+    if "src" in env.killed:
+        return "clean"
+    if status is not None and status not in TERMINAL:
+        return f"hang: migration stuck in '{status}'"
+    if status == "completed" and "dst" not in env.killed:
+        end = time.monotonic() + 15
+        dstat = dst.status()
+        while dst.alive() and dstat not in TERMINAL and time.monotonic() < end:
+            time.sleep(0.05)
+            dstat = dst.status()
+        if not dst.alive() or dstat == "failed":
+            return "lost-vm: source completed, destination failed to load"
+        if dstat != "completed":
+            return f"inconsistent: source completed, destination '{dstat}'"
+    return "clean"
+
+
+def attempt(cfg, subst, perturb, bins):
+    vms, relay, env = {}, None, None
+    try:
+        vms["src"] = Vm("src", bins["src"], cfg["src_args"], subst, perturb)
+        vms["dst"] = Vm("dst", bins["dst"], cfg["dst_args"], subst, perturb)
+        src, dst = vms["src"], vms["dst"]
+        if not src.wait_b(0, 30):
+            raise SetupError("the source guest never ran")
+        try:
+            for side in ("src", "dst"):
+                vms[side].mon.cmd("migrate-set-capabilities", {"capabilities": [
+                    {"capability": k, "state": v} for k, v in cfg["caps"]]})
+                params = cfg[f"{side}_params"]
+                if params:
+                    vms[side].mon.cmd("migrate-set-parameters", params)
+            if cfg["transport"] == "unix":
+                path = os.path.join(dst.dir, "mig.sock")
+                dst.mon.cmd("migrate-incoming", {"uri": f"unix:{path}"})
+                env = Env(vms, None, path, f"unix:{path}")
+            else:
+                dst.mon.cmd("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+                port = int(dst.mon.cmd("query-migrate")["return"]["socket-address"][0]["port"])
+                relay = Relay(port)
+                env = Env(vms, relay, ("127.0.0.1", port), f"tcp:127.0.0.1:{relay.port}")
+            src.mon.cmd("migrate-set-parameters", cfg["hold"])
+            src.mon.cmd("migrate", {"uri": env.migrate_uri()})
+        except (act.NoReply, act.Gone, KeyError) as exc:
+            raise SetupError(f"migration setup failed: {exc!r}") from None
+        run_steps(cfg, env, vms)
+        env.release()
+        seen = observe(cfg, env, vms)
+    finally:
+        if env is not None:
+            env.release()
+        if relay:
+            relay.close()
+        exits = {side: vm.end() for side, vm in vms.items()}
+    return seen, exits
+
+
+def hit(cfg, seen, exits):
+    m = cfg["match"]
+    if m["signature"].startswith("crash"):
+        side = {"source": "src", "destination": "dst"}.get(m.get("side"))
+        for s, (rc, err) in exits.items():
+            if side and s != side:
+                continue
+            if isinstance(rc, int) and rc == m.get("returncode") and (
+                    not m.get("stderr") or re.search(m["stderr"], err)):
+                return True
+        return False
+    if m["signature"].startswith("stderr:"):
+        return any(m["stderr_text"] in err for _, err in exits.values())
+    return seen == m["signature"]
+
+
+def main(cfg):
+    ap = argparse.ArgumentParser(description="Standalone QEMU migration reproducer. Exit 0: not seen "
+                                 "(good), 1: seen (bad), 125: cannot decide (git bisect run: skip).")
+    ap.add_argument("--qemu", help="QEMU binary for both sides (default: the recorded ones)")
+    ap.add_argument("--qemu-src", help="QEMU binary for the source")
+    ap.add_argument("--qemu-dst", help="QEMU binary for the destination")
+    ap.add_argument("--attempts", type=int, default=cfg.get("attempts", 20), help="attempts at most")
+    ap.add_argument("--seconds", type=float, default=600, help="time budget")
+    ap.add_argument("--stop-on-hit", action="store_true", help="stop at the first hit (bisecting)")
+    ap.add_argument("--no-malloc-perturb", action="store_true",
+                    help="do not set a random MALLOC_PERTURB_ (use-after-free then rarely crashes)")
+    a = ap.parse_args()
+    if a.attempts < 1 or a.seconds <= 0:
+        ap.error("--attempts must be >= 1 and --seconds > 0")
+    bins = {"src": a.qemu_src or a.qemu or cfg["src_binary"], "dst": a.qemu_dst or a.qemu or cfg["dst_binary"]}
+    work = tempfile.mkdtemp(prefix="repro-shared-")
+    boot = os.path.join(work, "bootblock.bin")
+    with open(boot, "wb") as f:
+        f.write(base64.b64decode(cfg["bootblock_b64"]))
+    disk = os.path.join(work, "disk0.qcow2")
+    subst = {"@BOOT@": boot, "@DISK@": disk}
+    print("plan:", "; ".join(s["text"] for s in cfg["steps"]) or "(no steps)", flush=True)
+    t0, n, hits, skips = time.monotonic(), 0, 0, 0
+    try:
+        while n < a.attempts and time.monotonic() - t0 < a.seconds:
+            if os.path.exists(disk):
+                os.unlink(disk)
+            try:
+                subprocess.run([cfg.get("qemu_img", "qemu-img"), "create", "-q", "-f", "qcow2", disk, "16M"],
+                               check=True, timeout=30)
+                seen, exits = attempt(cfg, subst, None if a.no_malloc_perturb else random.randint(1, 255), bins)
+            except (SetupError, OSError, subprocess.SubprocessError) as exc:
+                skips += 1
+                print(f"attempt {n + 1}: cannot decide: {exc}", flush=True)
+                if skips >= 3 and not n:
+                    break
+                continue
+            n += 1
+            h = hit(cfg, seen, exits)
+            hits += h
+            print(f"attempt {n}: {'HIT' if h else 'miss'}: {seen}; exits "
+                  f"{ {s: rc for s, (rc, _) in exits.items()} }", flush=True)
+            if h and a.stop_on_hit:
+                break
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"RESULT hits={hits} attempts={n} signature={cfg['match']['signature'] if hits else '-'}")
+    sys.exit(EXIT_BAD if hits else (EXIT_SKIP if n == 0 else EXIT_GOOD))

@@ -1,0 +1,138 @@
+"""Chaos bases: where a chaos attempt starts, drawn from the catalog.
+
+A base is a catalog scenario's migration setup (caps and params on both sides,
+transport, TLS credentials, multifd channels and compression, postcopy with or
+without preempt) without the scenario's own checks: the chaos oracles judge
+instead. Scenarios whose flow cannot run under chaos (expected refusals or
+failures, RDMA, file/fd/exec transports, hops, cpr, COLO before it works) are
+not eligible, each with its reason.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from harness.migration import catalog
+from harness.migration.scenario import Flow, Result, Scenario
+from harness.migration.transports import Transport
+from harness.qemu.spec import SpecError
+
+CHAOS_FLOWS = frozenset({Flow.PRECOPY, Flow.POSTCOPY, Flow.POSTCOPY_RECOVERY, Flow.CANCEL})
+CHAOS_TRANSPORTS = frozenset({Transport.TCP, Transport.UNIX})
+# Setup parameters that only shape a scenario's own checks; chaos sets bandwidth itself.
+SHAPING = frozenset({"max-bandwidth", "downtime-limit", "max-postcopy-bandwidth",
+                     "avail-switchover-bandwidth"})
+# Relative cost (an attempt's wall time): the draw favours cheap bases.
+COST = {Flow.PRECOPY: 1.0, Flow.CANCEL: 1.0, Flow.POSTCOPY: 1.5, Flow.POSTCOPY_RECOVERY: 1.5}
+
+
+@dataclass(frozen=True)
+class ChaosBase:
+    path: str
+    transport: Transport
+    caps: tuple            # ((name, bool), ...) on both sides
+    src_params: tuple      # ((name, value), ...)
+    dst_params: tuple
+    tls: object = None     # harness.migration.tls.Psk / X509 (materialize(workdir))
+    cost: float = 1.0
+
+    @property
+    def postcopy(self) -> bool:
+        return dict(self.caps).get("postcopy-ram", False)
+
+    @property
+    def multifd(self) -> bool:
+        return dict(self.caps).get("multifd", False)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path}
+
+
+def _options_tls(s: Scenario):
+    opts = s.options
+    tls = opts.get("tls") if hasattr(opts, "get") else getattr(opts, "tls", None)
+    return tls
+
+
+def ineligible(s: Scenario) -> str | None:
+    """Why scenario s cannot be a chaos base, or None."""
+    if s.flow not in CHAOS_FLOWS:
+        return f"flow {s.flow.value} is not run under chaos"
+    if s.transport not in CHAOS_TRANSPORTS:
+        return f"transport {s.transport.value} is not run under chaos"
+    if s.expect.result is not Result.COMPLETED and s.flow is not Flow.CANCEL:
+        return f"expects {s.expect.result.value}: its setup is meant to fail"
+    if s.known_bug is not None:
+        return "its known bug fails the setup itself"
+    if s.local_only or s.src_args or s.dst_args:
+        return "needs its own QEMU arguments or local descriptors"
+    if s.guest is not None and s.guest.value != "bootblock":
+        return "boots the Linux guest (chaos draws the guest itself)"
+    tls = _options_tls(s)
+    if tls is not None and getattr(tls, "mismatch", False):
+        return "mismatched TLS credentials"
+    return None
+
+
+def from_scenario(s: Scenario) -> ChaosBase:
+    reason = ineligible(s)
+    if reason:
+        raise SpecError(f"{s.path} cannot be a chaos base: {reason}")
+    caps = dict(s.caps)
+    if s.flow in (Flow.POSTCOPY, Flow.POSTCOPY_RECOVERY):
+        caps.setdefault("postcopy-ram", True)
+    caps["events"] = True
+    return ChaosBase(path=s.path, transport=s.transport, caps=tuple(sorted(caps.items())),
+                     src_params=tuple((k, v) for k, v in s.params.items() if k not in SHAPING),
+                     dst_params=tuple((k, v) for k, v in s.dst_params.items() if k not in SHAPING),
+                     tls=_options_tls(s), cost=COST.get(s.flow, 1.0))
+
+
+PLAIN = ChaosBase(path="/migration/chaos/precopy/tcp", transport=Transport.TCP,
+                  caps=(("events", True),), src_params=(), dst_params=())
+
+
+def eligible(families: tuple[str, ...] | None = None, paths: tuple[str, ...] | None = None,
+             check=None) -> list[ChaosBase]:
+    """Bases from the catalog, narrowed by family or exact path. check(scenario) ->
+    reason|None filters by what the binaries support (requirements)."""
+    known = catalog.by_path()
+    if paths:
+        missing = [p for p in paths if p not in known]
+        if missing:
+            raise SpecError(f"--scenario {missing[0]}: no such catalog scenario")
+        out = [from_scenario(known[p]) for p in paths]   # an ineligible named one is an error
+    else:
+        fams = {s.family for s in known.values()}
+        for f in families or ():
+            if f not in fams:
+                raise SpecError(f"--families {f}: no such family (have {', '.join(sorted(fams))})")
+        out = [from_scenario(s) for s in known.values()
+               if (not families or s.family in families) and ineligible(s) is None
+               and (check is None or check(s) is None)]
+        if not out:
+            raise SpecError(f"no catalog scenario of {', '.join(families or ['any family'])} "
+                            "can run under chaos on these binaries")
+    return out
+
+
+def by_path(bases: list[ChaosBase]) -> dict[str, ChaosBase]:
+    return {b.path: b for b in [PLAIN, *bases]}
+
+
+def draw(rng: random.Random, bases: list[ChaosBase]) -> ChaosBase:
+    """Weighted by inverse cost: cheap bases run more often."""
+    return rng.choices(bases, [1.0 / b.cost for b in bases])[0]
+
+
+def requirement_check(src_binary: str, dst_binary: str, accel: str):
+    """check(scenario) -> the first unmet requirement on these binaries, or None."""
+    from harness.migration.requirements import Env
+    from harness.qemu.binary import probe
+    src, dst = probe(src_binary), probe(dst_binary)
+    env = Env(src_binary=src.path, dst_binary=dst.path, accel=accel,
+              src_version=src.version_tuple, dst_version=dst.version_tuple)
+
+    def check(s: Scenario) -> str | None:
+        return next(filter(None, (r.check(env) for r in s.requires)), None)
+    return check
