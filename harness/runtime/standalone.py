@@ -131,13 +131,17 @@ class Vm:
             except OSError as exc:
                 raise SetupError(f"{side}: cannot run {binary}: {exc}") from None
         conns = {}
+        deadline = time.monotonic() + 20
         for name, s in listeners.items():
-            s.settimeout(20)
-            try:
-                conns[name], _ = s.accept()
-            except OSError:
-                raise SetupError(f"{side}: QEMU never connected its {name} socket: "
-                                 f"{open(self.err, errors='replace').read().strip()[-300:]}") from None
+            s.settimeout(0.2)
+            while name not in conns:
+                try:
+                    conns[name], _ = s.accept()
+                except OSError:
+                    if self.p.poll() is not None or time.monotonic() > deadline:
+                        raise SetupError(f"{side}: QEMU never connected its {name} socket: "
+                                         f"{open(self.err, errors='replace').read().strip()[-300:]}") from None
+            conns[name].settimeout(None)
             s.close()
         try:
             self.mons = [Mon(conns[n]) for n in sorted(conns) if n.startswith("qmp")]

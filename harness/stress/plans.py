@@ -79,12 +79,12 @@ class ChaosPlan:
         base = d.get("base", "/migration/chaos/precopy/tcp")
         if not isinstance(base, str):
             raise PlanError("plan: base must be a scenario path string")
-        if known_bases is not None and base not in known_bases:
-            raise PlanError(f"plan: base {base} is not a chaos base here")
         raw = d.get("steps", d.get("actions"))
         if not isinstance(raw, list):
             raise PlanError("plan: steps must be a list")
         steps = tuple(_step(i, s, span) for i, s in enumerate(raw))
+        if known_bases is not None and base not in known_bases:
+            raise PlanError(f"plan: base {base} is not a chaos base here")
         return cls(seed, base, tuple(sorted(steps, key=_order)), span)
 
 

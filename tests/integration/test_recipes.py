@@ -3,7 +3,7 @@ judged by the chaos oracles and says what QEMU did."""
 
 import pytest
 
-from harness.stress.chaos import VerdictKind
+from harness.stress.oracles import VerdictKind
 from harness.stress.hammer import draw_attempt, quiet_expected_noise, run_one
 from harness.stress.recipes import CancelRace, DestinationConfigRace
 

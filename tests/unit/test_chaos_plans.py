@@ -1,79 +1,204 @@
+"""Chaos without QEMU: the schema surface, plan drawing and validation, oracles,
+coverage and corpus, the minimiser, and the exported script's contract."""
+import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
-from harness.stress.actions import Action, Kind, Side, generate, primitive
-from harness.stress.chaos import ChaosPlan, ChaosRecipe
-from harness.stress.minimise import ddmin, trials_for
+import pytest
 
+from harness.runtime.actions import ALL, BY_KIND, DrawContext
+from harness.runtime.surface import Param, from_schema
+from harness.stress.coverage import Corpus, Coverage, action_tuple
+from harness.stress.minimise import ddmin, minimise, trials_for
+from harness.stress.oracles import Verdict, VerdictKind, state_machine_violation, stderr_violation
+from harness.stress.plans import ChaosPlan, PlanError, Step, generate, mutate
 
-def test_same_seed_same_action_sequence():
-    r = ChaosRecipe(actions=10, span_ms=3000)
-    a = r.draw(random.Random(99))
-    b = r.draw(random.Random(99))
-    assert a == b and len(a.actions) == 10
-    assert [x.at_ms for x in a.actions] == sorted(x.at_ms for x in a.actions)
-    assert r.draw(random.Random(100)) != a
-
-
-def test_plan_round_trips_through_json():
-    plan = ChaosRecipe().draw(random.Random(1))
-    assert ChaosPlan.from_dict(plan.to_dict()) == plan
+SCHEMA = Path(__file__).parent / "samples" / "qmp_schema_10.0.2_migration.json"
 
 
-def test_every_kind_has_a_primitive():
-    rng = random.Random(3)
-    seen = set()
-    for a in generate(rng, 400, 1000):
-        seen.add(a.kind)
-        assert primitive(a)[0] in {"qmp", "qmp-oob", "qmp-burst", "signal", "kill-peer", "garbage",
-                                  "stray", "cut"}
-    assert seen == set(Kind) - {Kind.SIGSTOP}   # weight 0: only in hand-made plans
+@pytest.fixture(scope="module")
+def surface():
+    return from_schema(json.loads(SCHEMA.read_text()))
 
 
-def test_ddmin_finds_the_culprit_pair():
-    calls = []
-
-    def test(sub):
-        calls.append(sub)
-        return 3 in sub and 7 in sub
-    assert sorted(ddmin(list(range(10)), test)) == [3, 7]
+@pytest.fixture
+def dc(surface):
+    return DrawContext(surface=surface, postcopy=True, snapshots=True, hotplug=True)
 
 
-def test_ddmin_can_reduce_to_nothing():
+def test_surface_is_read_from_the_schema_not_a_list(surface):
+    assert "postcopy-preempt" in surface.capabilities and "mapped-ram" in surface.capabilities
+    assert len(surface.capabilities) == 22
+    kinds = {p.name: p.kind for p in surface.parameters}
+    assert kinds["max-bandwidth"] == "int" and kinds["tls-creds"] == "str-or-null"
+    assert surface.param("multifd-compression").values == ("none", "zlib", "zstd")
+    assert kinds["block-bitmap-mapping"] == "array"
+
+
+def test_same_seed_same_plan_and_json_round_trip(dc):
+    a = generate(random.Random(99), dc, 10, 800)
+    assert a == generate(random.Random(99), dc, 10, 800) and len(a) == 10
+    plan = ChaosPlan(1, "/migration/precopy/tcp/plain", tuple(a), 800)
+    assert ChaosPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_every_drawable_action_is_drawn_and_phase_triggers_occur(dc):
+    steps = generate(random.Random(3), dc, 3000, 1000)
+    drawn = {s.kind for s in steps}
+    drawable = {a.kind for a in ALL if a.weight > 0 and a.enabled(dc)}
+    assert drawn == drawable and "freeze" not in drawn
+    assert any(s.on and s.on.endswith("postcopy-active") for s in steps)
+    assert {s.side for s in steps if s.kind == "recover"} == {"dst"}
+
+
+def test_mutation_keeps_plans_valid(dc):
+    rng = random.Random(5)
+    plan = ChaosPlan(1, "/migration/precopy/tcp/plain", tuple(generate(rng, dc, 4, 500)), 500)
+    for _ in range(200):
+        plan = mutate(rng, plan, dc, 12)
+        assert 1 <= len(plan.steps) <= 12
+        assert ChaosPlan.from_dict(plan.to_dict()) == plan
+
+
+GOOD = {"kind": "set-param", "side": "dst", "at_ms": 10, "args": ["max-bandwidth", 1]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"kind": "nope"}, "plan step 0: unknown kind 'nope'"),
+    ({"side": "both"}, "plan step 0: side must be src or dst"),
+    ({"at_ms": 100000000}, "plan step 0: at_ms 100000000 is outside the plan's span 0..500"),
+    ({"at_ms": "10"}, "plan step 0: at_ms must be an integer"),
+    ({"args": ["max-bandwidth"]}, "takes 2 argument(s), got 1"),
+    ({"args": [5, 1]}, "should be a string"),
+    ({"args": "x"}, "args must be a list"),
+    ({"on": "src:lunch"}, "trigger 'src:lunch' must be side:STATUS"),
+])
+def test_bad_plans_are_one_line_errors(change, message):
+    d = {"seed": 1, "span_ms": 500, "steps": [dict(GOOD, **change)]}
+    with pytest.raises(PlanError) as ei:
+        ChaosPlan.from_dict(d)
+    assert message in str(ei.value) and "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("plan, message", [
+    ([], "expected a JSON object"),
+    ({"seed": "x", "span_ms": 1, "steps": []}, "seed must be an integer"),
+    ({"seed": 1, "span_ms": 10**9, "steps": []}, "span_ms 1000000000 must be within"),
+    ({"seed": 1, "span_ms": 10, "steps": {}}, "steps must be a list"),
+    ({"seed": 1, "span_ms": 10, "steps": [], "base": "/migration/nope"}, "is not a chaos base here"),
+])
+def test_bad_plan_files(plan, message):
+    with pytest.raises(PlanError, match=message):
+        ChaosPlan.from_dict(plan, known_bases={"/migration/chaos/precopy/tcp"})
+
+
+@pytest.mark.parametrize("seq, bad", [
+    (["setup", "active", "device", "completed"], None),
+    (["setup", "active", "postcopy-active", "postcopy-paused", "postcopy-recover", "postcopy-active",
+      "completed"], None),
+    (["setup", "active", "cancelling", "cancelled", "setup", "active", "completed"], None),
+    (["setup", "active", "completed", "active"], "'completed' -> 'active'"),
+    (["setup", "active", "cancelled"], "without 'cancelling'"),
+    (["setup", "completed"], "'setup' -> 'completed'"),
+    (["setup", "failed", "postcopy-active"], "'failed' -> 'postcopy-active'"),
+])
+def test_state_machine_rules(seq, bad):
+    got = state_machine_violation(seq)
+    assert (got is None) if bad is None else (bad in got)
+
+
+def test_stderr_oracle_flags_internal_errors_only():
+    assert stderr_violation("qemu-system-x86_64: warning: TSC frequency mismatch\n") is None
+    assert stderr_violation("qemu-system-x86_64: Unexpected RAM flags: 512\n") is None
+    line = stderr_violation("(qemu:123): GLib-CRITICAL **: 12:00:01.5: g_source_remove: assertion 'tag > 0'")
+    assert line and "GLib-CRITICAL" in line and "12:00" not in line
+
+
+def test_coverage_and_corpus(tmp_path, dc):
+    cov = Coverage()
+    t = action_tuple("dst", "active", "running", "set-cap:multifd", "ok")
+    assert cov.add([t, t]) == [t] and cov.add([t]) == []
+    assert cov.counts()["tuples"] == 1
+    plan = ChaosPlan(7, "/migration/precopy/tcp/plain", tuple(generate(random.Random(1), dc, 3, 300)), 300)
+    Corpus(tmp_path).add(plan, [t])
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "bad.json").write_text(json.dumps({"seed": 1, "span_ms": 1, "steps": [{"kind": "x"}]}))
+    c = Corpus(None)
+    assert c.load(tmp_path) == 1 and c.plans[0] == plan
+    assert c.pick(random.Random(0)) == plan
+
+
+def test_ddmin_and_trials():
+    assert sorted(ddmin(list(range(10)), lambda sub: 3 in sub and 7 in sub)) == [3, 7]
     assert ddmin([1, 2, 3], lambda sub: True) == []
-
-
-def test_trials_scale_with_flakiness():
-    assert trials_for(1.0) == 1
-    assert trials_for(0.5) == 4      # 0.5^4 < 0.1
-    assert trials_for(0.01) == 8     # capped
-    assert trials_for(0.0) == 8
-
-
-def test_action_describe():
-    a = Action(Kind.SET_PARAM, Side.DST, 120, ("downtime-limit", 0))
-    assert a.describe() == "+120ms dst set-param downtime-limit 0"
+    assert trials_for(1.0) == 1 and trials_for(0.5) == 4 and trials_for(0.0) == 8
 
 
 def test_minimise_keeps_a_flaky_cause_and_drops_the_noise(tmp_path):
-    """A fake QEMU: the bug needs STOP and QUIT on the source and shows half the time."""
+    """A fake QEMU: the bug needs stop and quit on the source and shows half the time."""
     from harness.qemu.spec import MachineSpec
-    from harness.stress.chaos import Verdict, VerdictKind
-    from harness.stress.minimise import minimise
     coin = random.Random(5)
 
     def fake_attempt(run, base, plan):
-        kinds = {(a.kind, a.side) for a in plan.actions}
-        cause = {(Kind.STOP, Side.SRC), (Kind.QUIT, Side.SRC)} <= kinds
-        late = any(a.at_ms > 500 for a in plan.actions if a.kind is Kind.QUIT)
-        if cause and not late and coin.random() < 0.5:
+        kinds = {(s.kind, s.side) for s in plan.steps}
+        late = any(s.at_ms > 500 for s in plan.steps if s.kind == "quit")
+        if {("stop", "src"), ("quit", "src")} <= kinds and not late and coin.random() < 0.5:
             return Verdict(VerdictKind.CRASH, "crash SIGABRT: fake")
         return Verdict(VerdictKind.CLEAN, "clean")
 
-    noise = [Action(Kind.QUERY, Side.DST, t, ("query-status", 1)) for t in (10, 40, 90, 300)]
-    cause = [Action(Kind.STOP, Side.SRC, 200), Action(Kind.QUIT, Side.SRC, 400)]
-    plan = ChaosPlan(1, tuple(sorted(noise + cause, key=lambda a: a.at_ms)), 500)
+    noise = [Step("query-flood", "dst", t, ("query-status", 1, False)) for t in (10, 40, 90, 300)]
+    cause = [Step("stop", "src", 200), Step("quit", "src", 400, ("qmp",))]
+    plan = ChaosPlan(1, "/migration/precopy/tcp/plain", tuple(noise + cause), 500).with_actions(noise + cause)
     res = minimise(plan, "crash SIGABRT: fake", MachineSpec(binary="q"), tmp_path,
                    budget_s=60, rate_runs=8, attempt=fake_attempt)
     assert res.reproducible and 0 < res.original_rate < 1
-    assert sorted(a.kind.value for a in res.minimal.actions) == ["quit", "stop"], res.log
-    assert all(a.at_ms == 0 for a in res.minimal.actions), res.log
+    assert sorted(s.kind for s in res.minimal.steps) == ["quit", "stop"], res.log
+    assert all(s.at_ms == 0 for s in res.minimal.steps), res.log
+
+
+def _fake_attempt_dir(tmp_path: Path, boot: Path) -> Path:
+    d = tmp_path / "attempt"
+    for side in ("source", "destination"):
+        (d / side).mkdir(parents=True)
+        (d / side / "cmdline.txt").write_text(
+            f"/no/such/qemu -chardev socket,id=qmp0,path=/run/x/qmp.sock "
+            f"-drive if=none,id=bootdisk,file={boot},format=raw\n")
+        (d / side / "outcome.json").write_text(json.dumps({"kind": "crash", "returncode": -6}))
+    return d
+
+
+def test_exported_script_is_self_contained_and_bisect_ready(tmp_path):
+    """Runs with python3 -I from an empty dir (nothing of the harness importable); a
+    QEMU that cannot start is exit 125 (git bisect run: skip)."""
+    from harness.report.chaos_reproducer import export_chaos
+    from harness.stress.bases import PLAIN
+    boot = tmp_path / "bootblock.bin"
+    boot.write_bytes(b"\xeb\xfe" + b"\0" * 508 + b"\x55\xaa")
+    plan = ChaosPlan(1, PLAIN.path, (Step("snapshot-load", "src", 400, ("chaos1", 7)),), 500)
+    out = export_chaos(plan, "crash SIGABRT: in runstate_set", _fake_attempt_dir(tmp_path, boot),
+                       tmp_path / "repro.py", base=PLAIN)
+    text = out.read_text()
+    assert str(boot) not in text and str(tmp_path) not in text
+    assert "'src_args': ['-chardev'," in text and "+400ms src snapshot-load" in text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    help_ = subprocess.run([sys.executable, "-I", str(out), "--help"], cwd=empty, capture_output=True, text=True)
+    assert help_.returncode == 0 and "git bisect run" in help_.stdout
+    cp = subprocess.run([sys.executable, "-I", str(out), "--qemu", "/bin/false", "--attempts", "2",
+                         "--seconds", "60"], cwd=empty, capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 125, cp.stdout + cp.stderr
+    assert cp.stdout.strip().splitlines()[-1] == "RESULT hits=0 attempts=0 signature=-"
+
+
+def test_actions_module_is_stdlib_only():
+    """Embedded verbatim into reproducers: it may not import harness.* at module level."""
+    import harness.runtime.actions as a
+    import harness.runtime.standalone as s
+    for mod in (a, s):
+        top = [ln for ln in Path(mod.__file__).read_text().splitlines()
+               if ln.startswith(("import ", "from ")) and "__future__" not in ln]
+        assert all(ln.startswith(("import ", "from harness.runtime")) or ln.split()[1] in sys.stdlib_module_names
+                   for ln in top), top
+    assert set(BY_KIND) == {x.kind for x in ALL} and Param("x", "int")
