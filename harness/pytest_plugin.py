@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import proctree
+from harness import dirs, proctree
 from harness.config import HarnessConfig
 from harness.hosts import inventory as inventory_mod
 from harness.hosts.base import HostError
 from harness.hosts.local import LocalHost
 from harness.qemu import accel as accel_mod
 from harness.qemu.binary import BinaryError, probe
-from harness.qemu.machine import Machine, MachineFailure
+from harness.qemu.machine import LaunchError, Machine, MachineFailure
 from harness.qemu.spec import GuestSpec, MachineSpec, SpecError
 from harness.run import TestRun, safe_dirname
 
@@ -119,6 +119,10 @@ def _validate_options(config) -> None:
             for b in (o.qemu, o.qemu_src, o.qemu_dst):
                 if b:  # only binaries the user named; the default is checked when first needed
                     probe(b)
+            if o.machine_type:
+                _check_machine_type(o)
+        dirs.local_run_root()      # exists, ours, private, short enough for socket paths
+        dirs.writable_dir(o.artifacts, "--artifacts", create=False)
         if o.shard:
             from harness import shard
             shard.parse(o.shard)
@@ -127,7 +131,8 @@ def _validate_options(config) -> None:
             raise SpecError(f"--hammer {o.hammer} must be >= 1")
         if o.hammer_time is not None and o.hammer_time <= 0:
             raise SpecError(f"--hammer-time {o.hammer_time} must be > 0")
-    except (SpecError, BinaryError, HostError, inventory_mod.InventoryError, ValueError) as exc:
+    except (SpecError, BinaryError, HostError, inventory_mod.InventoryError, ValueError,
+            dirs.DirError) as exc:
         raise pytest.UsageError(str(exc)) from None
 
 
@@ -174,6 +179,18 @@ class DurationRecorder:
         if self.seconds:
             from harness import shard
             shard.store_durations(_durations_file(self.config), self.seconds)
+
+
+def _check_machine_type(o) -> None:
+    """--machine-type against `-machine help` of each binary: QEMU's own reason, once,
+    before any test starts (else every test fails launching)."""
+    mt = o.machine_type.split(",", 1)[0]
+    for b in {o.qemu_src or o.qemu or "qemu-system-x86_64", o.qemu_dst or o.qemu or "qemu-system-x86_64"}:
+        qb = probe(b)
+        if mt not in qb.machines:
+            raise SpecError(f"--machine-type {o.machine_type}: {qb.path} ({qb.version}) says "
+                            f"unsupported machine type \"{mt}\" (its '-machine help' lists the "
+                            f"supported ones)")
 
 
 def _tags(o) -> tuple[str, ...]:
@@ -420,6 +437,9 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" and call.excinfo is not None and call.excinfo.errisinstance(MachineFailure):
         from harness.stress.pytest_hammer import record_outcome
         record_outcome(item, report, call.excinfo.value.outcome)
+    if report.failed and call.excinfo is not None and call.excinfo.errisinstance(LaunchError):
+        # QEMU would not start (missing firmware, a bad option): its reason, not our stack.
+        report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
     if run is not None and report.failed:
         if report.when == "call" and call.excinfo is not None:
             _signature_first(item, report, call.excinfo, run)

@@ -5,11 +5,10 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from harness import proctree
+from harness import dirs, proctree
 from harness.hosts.base import Host, HostError, Process
 from harness.qemu.debug import qemu_preexec
 
@@ -54,7 +53,12 @@ class LocalHost(Host):
 
     def __init__(self, tmp_root: str | None = None):
         # Short root: UNIX socket paths must stay under 108 bytes.
-        self.tmp_root = tmp_root or os.environ.get("HARNESS_RUN_ROOT") or tempfile.gettempdir()
+        if tmp_root is None:
+            try:
+                tmp_root = str(dirs.local_run_root())   # HARNESS_RUN_ROOT, checked
+            except dirs.DirError as exc:
+                raise HostError(str(exc)) from None
+        self.tmp_root = tmp_root
 
     def spawn(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
               stdout: Path, stderr: Path, pass_fds: Sequence[int] = ()) -> Process:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -126,7 +127,12 @@ class Machine:
                 conns.append(c)
             self.serial = SerialConsole(conns[-1], self.artifacts / "serial.log")
             self.qmp = Monitor(f"{self.name}", self.artifacts / "qmp.jsonl", self.qmp_timeout)
-            self.qmp.attach(conns[0], timeout=QMP_CONNECT_TIMEOUT)
+            try:
+                self.qmp.attach(conns[0], timeout=QMP_CONNECT_TIMEOUT)
+            except (QMPDisconnected, QMPTimeout, OSError, EOFError) as exc:
+                # QEMU connects its chardevs before it loads firmware or checks the
+                # machine: a missing BIOS shows up as a lost greeting. Say why it died.
+                raise LaunchError(self._launch_failure(f"no QMP greeting ({exc})")) from None
             self.exe = self.host.real_exe(self.proc.pid, self.spec.binary)
             for i, c in enumerate(conns[1:-1]):
                 mon = Monitor(f"{self.name}-mon{i + 1}", self.artifacts / f"qmp{i + 1}.jsonl",
@@ -153,8 +159,8 @@ class Machine:
         self._listeners = []
 
     def _launch_failure(self, what: str) -> str:
-        rc = self.proc.wait(2.0) if self.proc else None
-        err = _last_line(self.stderr_text())
+        rc = self.proc.wait(5.0) if self.proc else None
+        err = qemu_error_line(self.stderr_text())
         if rc is not None:
             return f"{self.name}: QEMU exited with {rc} before start: {err or what}"
         return f"{self.name}: {what} within {QMP_CONNECT_TIMEOUT}s"
@@ -337,9 +343,15 @@ def _shell_join(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def _last_line(text: str) -> str:
-    lines = [l for l in text.strip().splitlines() if l.strip()]
-    return lines[-1] if lines else ""
+_QEMU_ERROR = re.compile(r"^\S*qemu[^\s:]*: (?!info: |warning: )")
+
+
+def qemu_error_line(stderr: str) -> str:
+    """QEMU's own reason from its stderr: its first 'qemu...: ' error line (not the
+    'Use -machine help ...' hint after it), else the last line."""
+    lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    errors = [l for l in lines if _QEMU_ERROR.match(l)]
+    return errors[0] if errors else (lines[-1] if lines else "")
 
 
 def _read(path: Path) -> str | None:
