@@ -117,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _guard(fn, what: str = "") -> int:
-    """Known errors become one line on stderr, never a traceback; so does an interrupt
-    (SIGINT/SIGTERM: what was interrupted and where its artifacts are)."""
-    from harness import proctree
+    """Known errors become one line on stderr, never a traceback: exit 2 for bad input
+    (options, binaries, directories, inventories), 1 for the environment failing us.
+    An interrupt (SIGINT/SIGTERM) is one line too: what was interrupted, where its
+    artifacts are; exit 128+signal."""
+    from harness import dirs, proctree
+    from harness.hosts.inventory import InventoryError
     from harness.qemu.binary import BinaryError
     from harness.qemu.spec import SpecError
-    known: tuple[type[BaseException], ...] = (BinaryError, SpecError, OSError)
+    usage: tuple[type[BaseException], ...] = (BinaryError, SpecError, dirs.DirError, InventoryError)
+    known: tuple[type[BaseException], ...] = (OSError,)
     try:
         from harness.guest.images import ImageError
         known += (ImageError,)
@@ -133,7 +137,7 @@ def _guard(fn, what: str = "") -> int:
             return fn() or 0
     except proctree.Interrupted as exc:
         return proctree.print_interrupted(exc)
-    except SpecError as exc:    # bad input: a usage error
+    except usage as exc:        # bad input: a usage error
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
     except known as exc:

@@ -19,7 +19,7 @@ from harness.hosts.base import HostError
 from harness.hosts.local import LocalHost
 from harness.qemu import accel as accel_mod
 from harness.qemu.binary import BinaryError, probe
-from harness.qemu.machine import LaunchError, Machine, MachineFailure
+from harness.qemu.machine import Machine, MachineFailure
 from harness.qemu.spec import GuestSpec, MachineSpec, SpecError
 from harness.run import TestRun, safe_dirname
 
@@ -437,9 +437,6 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" and call.excinfo is not None and call.excinfo.errisinstance(MachineFailure):
         from harness.stress.pytest_hammer import record_outcome
         record_outcome(item, report, call.excinfo.value.outcome)
-    if report.failed and call.excinfo is not None and call.excinfo.errisinstance(LaunchError):
-        # QEMU would not start (missing firmware, a bad option): its reason, not our stack.
-        report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
     if run is not None and report.failed:
         if report.when == "call" and call.excinfo is not None:
             _signature_first(item, report, call.excinfo, run)

@@ -341,7 +341,7 @@ def bootblock_drive_args(path: Path, snapshot: bool = True, drive_id: str = "boo
     the boot disk") unless the geometry is given, as qtest does.  snapshot=on
     keeps the cached file untouched (the guest never writes the disk anyway).
     """
-    drive = f"if=none,id={drive_id},file={path},format=raw"
+    drive = f"if=none,id={drive_id},file={str(path).replace(',', ',,')},format=raw"  # QEMU: ',,' is a comma
     if snapshot:
         drive += ",snapshot=on"
     # bootindex=0: a second disk (COLO, tests) must not become the boot disk.

@@ -32,6 +32,7 @@ else:  # Python 3.9/3.10: the backport, same API
 DEFAULT_QEMU = "qemu-system-x86_64"
 # sun_path is 108 bytes; the harness puts "<run_root>/<private dir>/<socket>" there.
 RUN_ROOT_MAX = 60
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")   # POSIX portable login names
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _PER_HOST_ONLY = ("address", "migration_address", "qemu")
 # Built-in defaults; `user`, `identity` and `known_hosts` have none: say who you log in as, with what.
@@ -195,8 +196,8 @@ def _host(where: str, base: Path, name: str, table: Any, defaults: dict) -> Host
     user = merged.get("user")
     if user is None:
         raise InventoryError(f"{where}: field 'user' is required")
-    if not isinstance(user, str) or not user:
-        raise bad("user", f"must be a non-empty string, not {user!r}")
+    if not isinstance(user, str) or not _USER.fullmatch(user):
+        raise bad("user", f"must be a login name ([A-Za-z0-9_][A-Za-z0-9_.-]*), not {user!r}")
     port = positive("port", 65535)
     identity = local_file("identity")
     known_hosts = local_file("known_hosts")
@@ -205,6 +206,10 @@ def _host(where: str, base: Path, name: str, table: Any, defaults: dict) -> Host
         lines = known_hosts.read_text(errors="replace").splitlines()
     except OSError as exc:
         raise bad("known_hosts", f"names {known_hosts}, which cannot be read: {exc.strerror}") from None
+    for n, ln in enumerate(lines, 1):
+        problem = _known_hosts_problem(ln)
+        if problem:
+            raise bad("known_hosts", f"names {known_hosts}, whose line {n} {problem}")
     if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in lines):
         raise bad("known_hosts", f"names {known_hosts}, which is empty; host keys are pinned "
                                  f"(no accept-new mode), so add this host's key to it")
@@ -241,3 +246,22 @@ def _qemu(where: str, table: Any) -> tuple[tuple[str, str], ...]:
                                  f"path, not {path!r}")
     pairs = tuple(table.items())
     return pairs if "default" in table else (("default", DEFAULT_QEMU),) + pairs
+
+
+def _known_hosts_problem(line: str) -> str | None:
+    """What is wrong with one known_hosts line (None: fine, a comment or blank), checked
+    here so paramiko never gets to raise its traceback over it."""
+    import base64
+    import binascii
+    fields = line.split()
+    if not fields or fields[0].startswith("#"):
+        return None
+    if fields[0].startswith("@"):          # @cert-authority / @revoked marker
+        fields = fields[1:]
+    if len(fields) < 3:
+        return "is not 'HOSTS KEYTYPE BASE64KEY'"
+    try:
+        base64.b64decode(fields[2], validate=True)
+    except (binascii.Error, ValueError):
+        return f"has a key that is not valid base64 ({fields[2][:20]}...)"
+    return None

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.qemu.cmdline import qemu_opt
+
 CREDS_ID = "tlscreds0"
 DST_ADDRESS = "@dst"   # in X509.server_names: the address the destination listens on
 PSK_USER = "qemu"
@@ -53,8 +55,8 @@ class Psk:
         _write(dst_dir / "keys.psk", f"{PSK_USER}:{dst_key}\n", 0o600)
         return Setup(
             src_args=("-object", f"tls-creds-psk,id={CREDS_ID},endpoint=client,"
-                                 f"dir={src_dir},username={PSK_USER}"),
-            dst_args=("-object", f"tls-creds-psk,id={CREDS_ID},endpoint=server,dir={dst_dir}"),
+                                 f"dir={qemu_opt(src_dir)},username={PSK_USER}"),
+            dst_args=("-object", f"tls-creds-psk,id={CREDS_ID},endpoint=server,dir={qemu_opt(dst_dir)}"),
             src_params={"tls-creds": CREDS_ID}, dst_params={"tls-creds": CREDS_ID},
             files=(str(src_dir / "keys.psk"), str(dst_dir / "keys.psk")))
 
@@ -106,8 +108,8 @@ class X509:
         if self.tls_hostname is not None:
             src_params["tls-hostname"] = self.tls_hostname
         return Setup(
-            src_args=("-object", f"tls-creds-x509,id={CREDS_ID},endpoint=client,dir={src_dir}"),
-            dst_args=("-object", f"tls-creds-x509,id={CREDS_ID},endpoint=server,dir={dst_dir},"
+            src_args=("-object", f"tls-creds-x509,id={CREDS_ID},endpoint=client,dir={qemu_opt(src_dir)}"),
+            dst_args=("-object", f"tls-creds-x509,id={CREDS_ID},endpoint=server,dir={qemu_opt(dst_dir)},"
                                  f"verify-peer={verify}"),
             src_params=src_params, dst_params={"tls-creds": CREDS_ID},
             files=tuple(sorted(str(p) for d in (src_dir, dst_dir) for p in d.iterdir())))

@@ -42,6 +42,12 @@ class GuestFiles:
     cmdline: str = ""
 
 
+def qemu_opt(value) -> str:
+    """A value inside a QEMU option string (-chardev socket,path=VALUE,...): QEMU splits
+    on ',' and reads ',,' as a literal comma."""
+    return str(value).replace(",", ",,")
+
+
 def build_argv(spec: MachineSpec, paths: RunPaths, guest: GuestFiles) -> list[str]:
     if spec.accel == "auto":
         raise SpecError("machine spec: accel 'auto' must be resolved (harness.qemu.accel) before launch")
@@ -54,12 +60,12 @@ def build_argv(spec: MachineSpec, paths: RunPaths, guest: GuestFiles) -> list[st
             "-m", str(spec.memory_mib), "-smp", str(spec.smp)]
     # QEMU connects to sockets the harness already listens on: no race, no missed output.
     mode = paths.chardev_mode
-    argv += ["-chardev", f"socket,id=qmp0,path={paths.qmp}{mode}",
+    argv += ["-chardev", f"socket,id=qmp0,path={qemu_opt(paths.qmp)}{mode}",
              "-mon", "chardev=qmp0,mode=control"]
     for i in range(spec.extra_monitors):
-        argv += ["-chardev", f"socket,id=qmp{i + 1},path={paths.extra_qmp(i)}{mode}",
+        argv += ["-chardev", f"socket,id=qmp{i + 1},path={qemu_opt(paths.extra_qmp(i))}{mode}",
                  "-mon", f"chardev=qmp{i + 1},mode=control"]
-    argv += ["-chardev", f"socket,id=serial0,path={paths.serial}{mode}",
+    argv += ["-chardev", f"socket,id=serial0,path={qemu_opt(paths.serial)}{mode}",
              "-serial", "chardev:serial0"]
     argv += _guest_args(spec, guest)
     if spec.paused:

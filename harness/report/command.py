@@ -51,6 +51,8 @@ def main(args) -> int:
     except (ReportError, OSError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 1
+    for w in (w for r in results for w in r.warnings):
+        print(f"harness report: skipped {w}", file=sys.stderr)
     cases = sum(len(r.cases) for r in results)
     print(f"report: {out} ({cases} test results, {sum(len(r.triages) for r in results)} triage files, "
           f"{sum(len(r.metrics) for r in results)} runs with metrics)")

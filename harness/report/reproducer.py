@@ -41,13 +41,13 @@ def die_with_parent():
 
 def attempt(qemu, perturb):
     d = tempfile.mkdtemp(prefix="repro-")
-    argv = [qemu] + [a.replace("@RUNDIR@", d) for a in CONFIG["args"]]
+    argv = [qemu] + [a.replace("@RUNDIR@", d.replace(",", ",,")) for a in CONFIG["args"]]
     listeners = []
     for a in argv:
-        m = re.match(r"socket,id=([^,]+),path=([^,]+)$", a)
+        m = re.match(r"socket,id=([^,]+),path=((?:[^,]|,,)+)$", a)
         if m:
             s = socket.socket(socket.AF_UNIX)
-            s.bind(m.group(2))
+            s.bind(m.group(2).replace(",,", ","))
             s.listen(1)
             listeners.append((m.group(1), s))
     env = dict(os.environ, MALLOC_PERTURB_=str(perturb))

@@ -261,11 +261,26 @@ def load(root: Path) -> ResultDir:
 
 
 def _load_triage(path: Path) -> TriageFile | str:
+    """A triage.json, or one line saying which field is missing or wrong."""
     try:
         t = json.loads(path.read_text())
-        return TriageFile(path, int(t["attempts"]), t.get("first_failure_s"), list(t["signatures"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         return f"{path}: not a triage.json: {exc}"
+    if not isinstance(t, dict):
+        return f"{path}: not a triage.json: top level is {type(t).__name__}, not an object"
+    for name, kind in (("attempts", int), ("signatures", list)):
+        if name not in t:
+            return f"{path}: not a triage.json: field '{name}' is missing"
+        if not isinstance(t[name], kind) or isinstance(t[name], bool):
+            return f"{path}: not a triage.json: field '{name}' is {type(t[name]).__name__}, not {kind.__name__}"
+    for i, sig in enumerate(t["signatures"]):
+        if not isinstance(sig, dict):
+            return f"{path}: not a triage.json: signatures[{i}] is not an object"
+        for name, kind in (("signature", str), ("count", int)):
+            if not isinstance(sig.get(name), kind) or isinstance(sig.get(name), bool):
+                what = "is missing" if name not in sig else f"is {type(sig[name]).__name__}, not {kind.__name__}"
+                return f"{path}: not a triage.json: signatures[{i}] field '{name}' {what}"
+    return TriageFile(path, t["attempts"], t.get("first_failure_s"), list(t["signatures"]))
 
 
 def load_all(roots: list[Path]) -> list[ResultDir]:
@@ -273,7 +288,10 @@ def load_all(roots: list[Path]) -> list[ResultDir]:
     dirs = [load(r) for r in roots]
     if all(d.empty for d in dirs):
         names = ", ".join(str(r) for r in roots)
-        raise ReportError(f"no results in {names} (no JUnit XML, triage.json or metrics.json)")
+        reasons = [w for d in dirs for w in d.warnings]
+        why = f"; unusable: {'; '.join(reasons)}" if reasons else ""
+        raise ReportError(f"no results in {names} (no usable JUnit XML, triage.json or "
+                          f"metrics.json{why})")
     return dirs
 
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import proctree
+from harness import dirs, proctree
 from harness.qemu import accel as accel_mod
 from harness.qemu.binary import probe
 from harness.qemu.spec import MachineSpec, SpecError
@@ -70,7 +70,11 @@ def main(args) -> int:
         raise SpecError(f"--parallel {args.parallel} must be 1..64")
     if args.seconds <= 0:
         raise SpecError(f"--seconds {args.seconds} must be > 0")
+    if args.attempts is not None and args.attempts < 1:
+        raise SpecError(f"--attempts {args.attempts} must be >= 1")
     recipe = _recipe(args)
+    dirs.local_run_root()                          # before any worker or QEMU starts
+    dirs.writable_dir(args.artifacts, "--artifacts")
     binary = probe(args.qemu).path
     base = MachineSpec(binary=binary, accel=accel_mod.resolve(binary, args.accel))
     root = Path(args.artifacts).resolve() / time.strftime("%Y%m%d-%H%M%S")

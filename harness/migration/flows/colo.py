@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.guest import integrity
+from harness.qemu.cmdline import qemu_opt
 from harness.migration import tuning
 from harness.migration.context import ScenarioContext
 from harness.migration.metrics import MigrationMetrics, write_metrics
@@ -94,12 +95,12 @@ class ColoSetup:
     def primary_args(self) -> tuple[str, ...]:
         srv = "server=on,wait=off"
         return self.nic() + (
-            "-chardev", f"socket,id=mirror0,path={self.p('mirror0.sock')},{srv}",
-            "-chardev", f"socket,id=compare1,path={self.p('compare1.sock')},{srv}",
-            "-chardev", f"socket,id=compare0,path={self.p('compare0.sock')},{srv}",
-            "-chardev", f"socket,id=compare0-0,path={self.p('compare0.sock')}",
-            "-chardev", f"socket,id=compare_out,path={self.p('compare_out.sock')},{srv}",
-            "-chardev", f"socket,id=compare_out0,path={self.p('compare_out.sock')}",
+            "-chardev", f"socket,id=mirror0,path={qemu_opt(self.p('mirror0.sock'))},{srv}",
+            "-chardev", f"socket,id=compare1,path={qemu_opt(self.p('compare1.sock'))},{srv}",
+            "-chardev", f"socket,id=compare0,path={qemu_opt(self.p('compare0.sock'))},{srv}",
+            "-chardev", f"socket,id=compare0-0,path={qemu_opt(self.p('compare0.sock'))}",
+            "-chardev", f"socket,id=compare_out,path={qemu_opt(self.p('compare_out.sock'))},{srv}",
+            "-chardev", f"socket,id=compare_out0,path={qemu_opt(self.p('compare_out.sock'))}",
             "-object", "filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0",
             "-object", "filter-redirector,netdev=hn0,id=redire0,queue=rx,indev=compare_out",
             "-object", "filter-redirector,netdev=hn0,id=redire1,queue=rx,outdev=compare0",
@@ -107,24 +108,24 @@ class ColoSetup:
             "-object", "colo-compare,id=comp0,primary_in=compare0-0,secondary_in=compare1,"
                        "outdev=compare_out0,iothread=iothread1",
             "-drive", "if=none,id=colo-disk0,driver=quorum,read-pattern=fifo,vote-threshold=1,"
-                      f"children.0.file.filename={self.p('primary.qcow2')},children.0.driver=qcow2",
+                      f"children.0.file.filename={qemu_opt(self.p('primary.qcow2'))},children.0.driver=qcow2",
             "-device", "virtio-blk-pci,drive=colo-disk0,id=colo-blk",
         )
 
     def secondary_args(self) -> tuple[str, ...]:
         rc = self._reconnect(self.dst_version)
         return self.nic() + (
-            "-chardev", f"socket,id=red0,path={self.p('mirror0.sock')},{rc}",
-            "-chardev", f"socket,id=red1,path={self.p('compare1.sock')},{rc}",
+            "-chardev", f"socket,id=red0,path={qemu_opt(self.p('mirror0.sock'))},{rc}",
+            "-chardev", f"socket,id=red1,path={qemu_opt(self.p('compare1.sock'))},{rc}",
             "-object", "filter-redirector,id=f1,netdev=hn0,queue=tx,indev=red0",
             "-object", "filter-redirector,id=f2,netdev=hn0,queue=rx,outdev=red1",
             "-object", "filter-rewriter,id=rew0,netdev=hn0,queue=all",
-            "-drive", f"if=none,id=parent0,file.filename={self.p('secondary-parent.qcow2')},"
+            "-drive", f"if=none,id=parent0,file.filename={qemu_opt(self.p('secondary-parent.qcow2'))},"
                       "driver=qcow2",
             "-drive", "if=none,id=childs0,driver=replication,mode=secondary,file.driver=qcow2,"
-                      f"top-id=colo-disk0,file.file.filename={self.p('secondary-active.qcow2')},"
+                      f"top-id=colo-disk0,file.file.filename={qemu_opt(self.p('secondary-active.qcow2'))},"
                       "file.backing.driver=qcow2,"
-                      f"file.backing.file.filename={self.p('secondary-hidden.qcow2')},"
+                      f"file.backing.file.filename={qemu_opt(self.p('secondary-hidden.qcow2'))},"
                       "file.backing.backing=parent0",
             "-drive", "if=none,id=colo-disk0,driver=quorum,read-pattern=fifo,vote-threshold=1,"
                       "children.0=childs0",
@@ -310,7 +311,7 @@ def run(ctx: ScenarioContext) -> dict:
         # Primary: the replication child over NBD joins the quorum.
         src.cmd("human-monitor-command", {"command-line": (
             "drive_add -n buddy driver=replication,mode=primary,file.driver=nbd,"
-            f"file.server.type=unix,file.server.path={setup.nbd_sock},file.export=parent0,"
+            f"file.server.type=unix,file.server.path={qemu_opt(setup.nbd_sock)},file.export=parent0,"
             "node-name=replication0")})
         src.cmd("x-blockdev-change", {"parent": "colo-disk0", "node": "replication0"})
         caps = {"events": True, "x-colo": True, **s.caps}

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from harness.guest import integrity
+from harness.qemu.cmdline import qemu_opt
 from harness.migration import tuning
 from harness.migration.context import ScenarioContext
 from harness.migration.metrics import MigrationMetrics, write_metrics
@@ -92,7 +93,7 @@ def run_cpr_reboot(ctx: ScenarioContext) -> dict:
         caps = dict(s.caps)
         if shared:
             mem = ("-object", f"memory-backend-file,id=pc.ram,size={mib}M,"
-                              f"mem-path={work / 'guest-ram'},share=on",
+                              f"mem-path={qemu_opt(work / 'guest-ram')},share=on",
                    "-machine", "memory-backend=pc.ram")
             caps.setdefault("x-ignore-shared", True)
         caps = {"events": True, **caps}
