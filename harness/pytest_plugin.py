@@ -345,15 +345,32 @@ def _set_property(node, name: str, value) -> None:
 
 
 @pytest.fixture
-def base_spec(harness_config, harness_run, qemu_accel, malloc_perturb) -> MachineSpec:
+def base_spec(harness_config, harness_run, qemu_accel, malloc_perturb, pytestconfig) -> MachineSpec:
     """The MachineSpec the command line asks for: source binary, accelerator, machine type
     (with two binaries the newest pc-q35-X.Y both have), guest, seeded MALLOC_PERTURB_.
     Derive your own with base_spec.with_(smp=2, memory_mib=512, extra_args=(...))."""
     env = (("MALLOC_PERTURB_", str(malloc_perturb)),) if malloc_perturb else ()
     src, dst = side_binaries(harness_config, harness_run)
-    return MachineSpec(binary=src.path, accel=qemu_accel,
-                       machine_type=_machine_type(harness_config, src, dst),
+    machine_type = _machine_type(harness_config, src, dst)
+    _record_environment(harness_run, src, dst, qemu_accel, machine_type,
+                        pytestconfig.option.hammer_seed)
+    return MachineSpec(binary=src.path, accel=qemu_accel, machine_type=machine_type,
                        guest=GuestSpec(kind=harness_config.guest), env=env)
+
+
+def _record_environment(run: TestRun, src, dst, accel: str, machine_type: str, seed) -> None:
+    """metrics.json's "environment": what this result depends on (report table, trends)."""
+    from harness import environment
+    from harness.migration.metrics import write_metrics
+    p = run.placement
+    remote = not (p.src.is_local and p.dst.is_local)
+    env = environment.Environment(
+        qemu_src=environment.identify(src, local=p.src.is_local),
+        qemu_dst=environment.identify(dst, local=p.dst.is_local),
+        accel=accel, machine_type=machine_type, host=environment.controller_host(),
+        hosts=p.describe() if remote else "local", seed=seed)
+    run.artifacts.mkdir(parents=True, exist_ok=True)
+    write_metrics(run.artifacts / "metrics.json", {"environment": env.to_dict()})
 
 
 def _machine_type(cfg: HarnessConfig, src, dst) -> str:

@@ -8,7 +8,14 @@ threads burned the CPU (vCPUs, the migration thread, multifd senders).
 Start it before `migrate`; it stops by itself on a terminal status
 (completed/failed/cancelled) seen after the migration began, when QEMU dies or
 its monitor goes away, or on stop(). It never raises into the test. stop()
-writes progress.json (the list of samples) and a summary into metrics.json.
+writes progress.json (the list of samples), phases.json (the MIGRATION status
+changes and MIGRATION_PASS events, the report's phase markers, with the dirty rate
+each pass implies) and a summary into metrics.json.
+
+Sampling adapts to the migration's length so even a 0.3 s migration gets >= 10
+points: the interval is elapsed/40, between 5 ms and 200 ms (QEMU answers no query during
+stop-and-copy, so the samples come from the phases before it). A status change or a new
+pass (events) triggers a sample at once.
 
     with ProgressSampler(pair.src):
         drivers.precopy(pair)
@@ -28,6 +35,11 @@ from harness.migration.metrics import write_metrics
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 IDLE = frozenset({"", "none"})
 MAX_SECONDS = 1800.0          # a forgotten sampler ends anyway
+MIN_INTERVAL = 0.005
+MAX_INTERVAL = 0.2
+POINTS = 40                   # aim: this many samples over any migration's length so far
+CPU_EVERY = 0.02
+PHASE_EVENTS = frozenset({"MIGRATION", "MIGRATION_PASS"})
 QUERY_TIMEOUT = 2.0
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -128,9 +140,10 @@ def sample_from(info: dict) -> dict:
 
 
 class ProgressSampler:
-    def __init__(self, machine, out_dir: Path | None = None, interval: float = 0.2,
+    def __init__(self, machine, out_dir: Path | None = None, interval: float | None = None,
                  max_seconds: float = MAX_SECONDS):
-        if interval <= 0:
+        """interval None: adaptive (elapsed/POINTS, between MIN_ and MAX_INTERVAL)."""
+        if interval is not None and interval <= 0:
             raise ValueError(f"interval {interval} must be > 0")
         self.machine = machine
         self.out_dir = Path(out_dir) if out_dir is not None else Path(machine.artifacts).parent
@@ -142,10 +155,16 @@ class ProgressSampler:
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
         self._cpu: CpuTracker | None = None
+        self._cpu_at = -1e9
+        self._events = getattr(getattr(machine, "qmp", None), "events", None)
+        self._mark = 0
+        self.phases: list[dict] = []
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> "ProgressSampler":
         self._t0 = time.monotonic()
+        if self._events is not None:
+            self._mark = self._events.mark()
         if _is_local(self.machine) and self.machine.is_running():
             self._cpu = CpuTracker(self.machine.pid)
         self._thread = threading.Thread(target=self._run, name=f"progress-{self.machine.name}",
@@ -157,7 +176,7 @@ class ProgressSampler:
         """Stop (if still running), write progress.json and the summary; never raises."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(QUERY_TIMEOUT + self.interval + 5)
+            self._thread.join(QUERY_TIMEOUT + (self.interval or MAX_INTERVAL) + 5)
         self.ended = self.ended or "stopped"
         try:
             self.write()
@@ -201,7 +220,22 @@ class ProgressSampler:
                 if status in TERMINAL:
                     self.ended = status
                     return
-            self._stop.wait(self.interval)
+            self._pause()
+
+    def _next_interval(self) -> float:
+        if self.interval is not None:
+            return self.interval
+        return min(MAX_INTERVAL, max(MIN_INTERVAL, (time.monotonic() - self._t0) / POINTS))
+
+    def _pause(self) -> None:
+        """Sleep one interval, or less when a phase event arrives (then sample at once)."""
+        wait = self._next_interval()
+        if self._events is None:
+            self._stop.wait(wait)
+            return
+        seen = self._events.mark()
+        self._events.wait_for(lambda e: e.name in PHASE_EVENTS, time.monotonic() + wait, start=seen,
+                              alive=lambda: not self._stop.is_set())
 
     def sample_once(self) -> dict | None:
         """One sample, or None when the monitor no longer answers."""
@@ -211,10 +245,14 @@ class ProgressSampler:
             return None
         s = {"t": round(t, 4), "elapsed_s": round(time.monotonic() - self._t0, 4),
              **sample_from(info)}
-        if self._cpu is not None:
+        # /proc reads cost more than the query: at most every CPU_EVERY seconds, and on
+        # a terminal status (the last CPU figures).
+        now = time.monotonic()
+        if self._cpu is not None and (now - self._cpu_at >= CPU_EVERY or s["status"] in TERMINAL):
             cpu = self._cpu.read()
             if cpu is not None:
                 s["cpu"] = cpu
+                self._cpu_at = now
         return s
 
     # -- output ---------------------------------------------------------------
@@ -222,8 +260,41 @@ class ProgressSampler:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "progress.json"
         path.write_text(json.dumps(self.samples, indent=1) + "\n")
-        write_metrics(self.out_dir / "metrics.json", {"progress": summarize(self.samples, self.ended)})
+        self.phases = phases_from(self._phase_events(), self.samples)
+        (self.out_dir / "phases.json").write_text(json.dumps(self.phases, indent=1) + "\n")
+        summary = summarize(self.samples, self.ended)
+        summary["passes"] = sum(1 for p in self.phases if p["event"] == "MIGRATION_PASS")
+        write_metrics(self.out_dir / "metrics.json", {"progress": summary})
         return path
+
+    def _phase_events(self) -> list[tuple[float, str, dict]]:
+        if self._events is None:
+            return []
+        with self._events.cond:
+            evs = list(self._events.events[self._mark:])
+        return [(round(e.received - self._t0, 4), e.name, dict(e.data)) for e in evs
+                if e.name in PHASE_EVENTS]
+
+
+def phases_from(events: list[tuple[float, str, dict]], samples: list[dict]) -> list[dict]:
+    """Phase markers: [{elapsed_s, event, status | pass}], each pass with the dirty rate it
+    implies: how much `remaining` jumped at the next pass's dirty sync (pages the guest
+    dirtied that were not already waiting), over this pass's duration. A lower bound;
+    QEMU's own dirty-pages-rate stays 0 in migrations shorter than its 1 s period."""
+    out = [{"elapsed_s": t, "event": name,
+            **({"status": data.get("status")} if name == "MIGRATION" else {"pass": data.get("pass")})}
+           for t, name, data in events]
+    passes = [p for p in out if p["event"] == "MIGRATION_PASS"]
+    with_rem = [s for s in samples if "remaining" in s]
+    for cur, nxt in zip(passes, passes[1:]):
+        before = [s for s in with_rem if s["elapsed_s"] < nxt["elapsed_s"]]
+        after = next((s for s in with_rem if s["elapsed_s"] >= nxt["elapsed_s"]
+                      and s.get("status") == "active"), None)
+        dt = nxt["elapsed_s"] - cur["elapsed_s"]
+        if before and after is not None and dt > 0:
+            jump = after["remaining"] - before[-1]["remaining"]
+            cur["dirtied_bytes_per_s"] = round(max(jump, 0) / dt)
+    return out
 
 
 def summarize(samples: list[dict], ended: str | None = None) -> dict:

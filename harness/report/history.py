@@ -15,7 +15,7 @@ from pathlib import Path
 
 from harness.report.results import ResultDir, _is_junit
 
-KEEP_FILES = ("triage.json", "metrics.json", "progress.json")
+KEEP_FILES = ("triage.json", "metrics.json", "progress.json", "phases.json")
 
 
 def archive(results: list[ResultDir], history: Path, stamp: str | None = None) -> Path:

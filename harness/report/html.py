@@ -17,6 +17,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+from harness.environment import short_key
 from harness.migration.progress import cpu_percent
 from harness.report import svg
 from harness.report.results import (STATUSES, JUnitCase, ResultDir, RunMetrics, reproducer_path,
@@ -34,6 +35,7 @@ font-size:.9em;text-align:left;vertical-align:top}th{background:#f4f4f4}td.n{tex
 .passed{color:#2ca02c}.failed,.error{color:#d62728;font-weight:bold}.xfailed{color:#c36200}
 .skipped{color:#777}.muted{color:#777;font-size:.85em}.sig{font-family:monospace;font-size:.85em}
 .charts{display:flex;flex-wrap:wrap;gap:.5em}.warn{color:#a15c00}
+.tfilter{margin:.3em 0 .6em}.tfilter label{margin-right:.8em;font-size:.9em;white-space:nowrap}
 """
 
 
@@ -60,6 +62,7 @@ def render(results: list[ResultDir], opt: ReportOptions) -> str:
         parts.append(f'<p class="muted">merged from shards {escape(", ".join(shards))}</p>')
     if warnings:
         parts.append("<ul>" + "".join(f'<li class="warn">{escape(w)}</li>' for w in warnings) + "</ul>")
+    parts += _environment(metrics)
     parts += _summary(cases)
     parts += _failures(cases, base)
     parts += _triage(results, base)
@@ -67,9 +70,10 @@ def render(results: list[ResultDir], opt: ReportOptions) -> str:
     parts += _progress(metrics, opt)
     if opt.trend:
         parts += _trend(opt.trend, opt.trend_metric)
+    css = _trend_filter_css(opt.trend) if opt.trend else ""
     parts += _all_tests(cases, base)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{escape(opt.title)}</title><style>{CSS}</style></head><body>\n"
+            f"<title>{escape(opt.title)}</title><style>{CSS}{css}</style></head><body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
 
 
@@ -80,6 +84,47 @@ def write(results: list[ResultDir], opt: ReportOptions) -> Path:
 
 
 # ------------------------------------------------------------------ sections
+ENV_COLUMNS = (("QEMU (source)", lambda e: _qemu(e.get("qemu_src"))),
+               ("QEMU (destination)", lambda e: _qemu(e.get("qemu_dst"))),
+               ("accel", lambda e: e.get("accel", "")),
+               ("machine type", lambda e: e.get("machine_type", "")),
+               ("hosts", lambda e: e.get("hosts", "")),
+               ("controller", lambda e: e.get("host", "")),
+               ("seed", lambda e: str(e.get("seed", ""))),
+               ("harness", lambda e: f"{e.get('harness_version', '')} (Python {e.get('python', '')})"))
+
+
+def _qemu(b: dict | None) -> str:
+    if not b:
+        return ""
+    ids = [f"build-id {b['build_id'][:16]}" if b.get("build_id") else "",
+           f"sha256 {b['sha256'][:16]}" if b.get("sha256") else ""]
+    return f"{b.get('version', '?')} {b.get('path', '')}\n{b.get('package', '')}\n" + "\n".join(i for i in ids if i)
+
+
+def environments(metrics: list[RunMetrics]) -> list[tuple[dict, int]]:
+    """Distinct recorded environments (metrics.json "environment") with their run counts."""
+    seen: dict[str, list] = {}
+    for m in metrics:
+        env = m.data.get("environment")
+        if isinstance(env, dict):
+            key = json.dumps(env, sort_keys=True)
+            seen.setdefault(key, [env, 0])[1] += 1
+    return [(e, n) for e, n in seen.values()]
+
+
+def _environment(metrics: list[RunMetrics]) -> list[str]:
+    envs = environments(metrics)
+    out = ["<h2>Environment</h2>"]
+    if not envs:
+        return out + ['<p class="muted">no environment recorded (metrics.json from an older harness)</p>']
+    head = "".join(f"<th>{escape(name)}</th>" for name, _ in ENV_COLUMNS)
+    rows = "".join("<tr>" + "".join(f"<td>{escape(fn(e)).replace(chr(10), '<br>')}</td>"
+                                    for _, fn in ENV_COLUMNS) + f'<td class="n">{n}</td></tr>'
+                   for e, n in envs)
+    return out + [f'<table class="env"><tr>{head}<th>runs</th></tr>{rows}</table>']
+
+
 def _summary(cases: list[JUnitCase]) -> list[str]:
     out = ["<h2>Summary</h2>"]
     if not cases:
@@ -188,59 +233,113 @@ def _progress(metrics: list[RunMetrics], opt: ReportOptions) -> list[str]:
             continue
         if not isinstance(samples, list) or not samples:
             continue
-        t0 = samples[0]["elapsed_s"]
+        phases = _phases(m.dir)
+        t0 = min([samples[0]["elapsed_s"]] + [p["elapsed_s"] for p in phases[:1]])
         t = lambda s: round(s["elapsed_s"] - t0, 3)  # noqa: E731
+        marks = [(t(p), p.get("status") if p["event"] == "MIGRATION" else f"pass {p.get('pass')}")
+                 for p in phases]
         mbps = [(t(s), s["mbps"]) for s in samples if "mbps" in s]
         rem = [(t(s), s["remaining"] / MiB) for s in samples if "remaining" in s]
         sent = [(t(s), s["transferred"] / MiB) for s in samples if "transferred" in s]
-        dirty = [(t(s), s["dirty_pages_rate"]) for s in samples if "dirty_pages_rate" in s]
+        # QEMU's dirty-pages-rate (4 KiB pages) needs >= 1 s between dirty syncs; shorter
+        # migrations get the rate each pass implies (phases.json).
+        dirty = [(t(s), s["dirty_pages_rate"] * 4096 / MiB) for s in samples
+                 if s.get("dirty_pages_rate")]
+        per_pass = [(t(p), p["dirtied_bytes_per_s"] / MiB) for p in phases if "dirtied_bytes_per_s" in p]
         cpu = [(role or "process", [(round(x - t0, 3), y) for x, y in cpu_percent(samples, role)])
                for role in (None, "vcpu", "migration", "multifd", "main")]
         where = "" if m.label == m.dir.name else f"{m.dir.name}, "
+        passes = sum(1 for p in phases if p["event"] == "MIGRATION_PASS")
         out.append(f"<h3>{escape(m.label)} <span class='muted'>{escape(where)}"
-                   f"{len(samples)} samples, ended {escape(str(samples[-1].get('status')))}</span></h3>")
+                   f"{len(samples)} samples, {passes} passes, ended "
+                   f"{escape(str(samples[-1].get('status')))}</span></h3>")
         out.append('<div class="charts">'
                    + svg.line_chart([("throughput", mbps)], title="throughput", x_label="s",
-                                    y_label="Mbit/s", width=380)
+                                    y_label="Mbit/s", width=380, markers=marks)
                    + svg.line_chart([("remaining", rem), ("transferred", sent)], title="RAM",
-                                    x_label="s", y_label="MiB", width=380)
-                   + svg.line_chart([("dirty pages/s", dirty)], title="dirty page rate",
-                                    x_label="s", y_label="pages/s", width=380)
+                                    x_label="s", y_label="MiB", width=380, markers=marks)
+                   + svg.line_chart([s for s in (("QEMU dirty rate", dirty), ("dirtied per pass", per_pass))
+                                     if s[1]], title="dirty rate", x_label="s", y_label="MiB/s",
+                                    width=380, markers=marks)
                    + svg.line_chart([c for c in cpu if c[1] and any(y for _, y in c[1])],
                                     title="QEMU CPU by thread", x_label="s", y_label="% of a core",
-                                    width=380)
+                                    width=380, markers=marks)
                    + "</div>")
     return out
 
 
+def _run_name(d: ResultDir) -> str:
+    """A trend point's name: the run, then (second line) the QEMU build it tested."""
+    envs = environments(d.metrics)
+    keys = sorted({short_key(e) for e, _ in envs})
+    return f"{d.label}\n{', '.join(keys)}" if keys else d.label
+
+
 def _trend(dirs: list[ResultDir], metric: str) -> list[str]:
-    names = [d.label for d in dirs]
-    per_scenario: dict[str, list[tuple[float, float]]] = {}
+    """Every scenario's median per run, one chart per family (full labels below each
+    chart), with a script-free family filter (radio buttons and CSS)."""
+    names = [_run_name(d) for d in dirs]
+    per_family: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for i, d in enumerate(dirs):
-        vals: dict[str, list[float]] = {}
+        vals: dict[tuple[str, str], list[float]] = {}
         for m in d.metrics:
             v = m.get(metric)
             if v is not None:
-                vals.setdefault(m.label, []).append(float(v))
-        for label, vs in vals.items():
+                fam = m.case.family if m.case else "other"
+                vals.setdefault((fam, m.label), []).append(float(v))
+        for (fam, label), vs in vals.items():
             name = label.removeprefix("/migration/")
-            per_scenario.setdefault(name, []).append((i, statistics.median(vs)))
+            per_family.setdefault(fam, {}).setdefault(name, []).append((i, statistics.median(vs)))
     rates = []
     for i, d in enumerate(dirs):
         c = d.counts()
         ran = sum(c.values()) - c["skipped"]
         if ran:
             rates.append((i, round(100.0 * (c["passed"] + c["xfailed"]) / ran, 1)))
-    series = sorted(per_scenario.items())[:len(svg.PALETTE)]
-    return ["<h2>Trend</h2>",
-            f'<p class="muted">{len(dirs)} result dirs, in the order given: '
-            + ", ".join(escape(n) for n in names) + "</p>",
-            '<div class="charts">',
-            svg.line_chart(series, title=f"median {metric} per scenario", x_label="run",
-                           y_label=metric.rsplit(".", 1)[-1], x_names=names, width=640),
-            svg.line_chart([("pass rate", rates)], title="passed (incl. expected failures) of run",
-                           x_label="run", y_label="%", x_names=names, width=480),
-            "</div>"]
+    out = ["<h2>Trend</h2>",
+           f'<p class="muted">{len(dirs)} result dirs, oldest first; each named with the QEMU '
+           "version and build id it tested: " + ", ".join(escape(n.replace(chr(10), " [") + ("]" if chr(10) in n else ""))
+                                                for n in names) + "</p>",
+           svg.line_chart([("pass rate", rates)], title="passed (incl. expected failures) of run",
+                          x_label="run", y_label="%", x_names=names, width=640)]
+    fams = sorted(per_family)
+    if not fams:
+        return out + [f'<p class="muted">no {escape(metric)} in the trend dirs</p>']
+    out.append('<div class="tfilter">family: '
+               '<input type="radio" name="tf" id="tf-all" checked><label for="tf-all">all</label>'
+               + "".join(f'<input type="radio" name="tf" id="tf-{_css_id(f)}">'
+                         f'<label for="tf-{_css_id(f)}">{escape(f)} ({len(per_family[f])})</label>'
+                         for f in fams)
+               + '<div class="charts trends">')
+    for f in fams:
+        series = sorted(per_family[f].items())
+        out.append(f'<div class="trend fam-{_css_id(f)}">'
+                   + svg.line_chart(series, title=f"{f}: median {metric}", x_label="run",
+                                    y_label=metric.rsplit(".", 1)[-1], x_names=names, width=560,
+                                    legend_below=True)
+                   + "</div>")
+    out.append("</div></div>")
+    return out
+
+
+def _css_id(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name)
+
+
+def _trend_filter_css(dirs: list[ResultDir]) -> str:
+    """Checking a family's radio button hides the other families' trend charts."""
+    fams = sorted({(m.case.family if m.case else "other") for d in dirs for m in d.metrics})
+    return "".join(f"#tf-{_css_id(f)}:checked ~ .trends .trend:not(.fam-{_css_id(f)}){{display:none}}"
+                   for f in fams)
+
+
+def _phases(d: Path) -> list[dict]:
+    try:
+        data = json.loads((d / "phases.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [p for p in data if isinstance(p, dict) and "elapsed_s" in p and "event" in p] \
+        if isinstance(data, list) else []
 
 
 def _all_tests(cases: list[JUnitCase], base: Path) -> list[str]:

@@ -75,8 +75,9 @@ class _Axes:
             label = xtick_text(v) if xtick_text else fmt(v)
             out.append(f'<line x1="{x}" x2="{x}" y1="{self.h - self.b}" y2="{self.h - self.b + 4}" '
                        f'stroke="#999"/>')
-            out.append(f'<text x="{x}" y="{self.h - self.b + 15}" text-anchor="middle" {FONT}>'
-                       f'{escape(label)}</text>')
+            for k, line in enumerate(label.split("\n")[:2]):   # a second line: a run's QEMU build
+                out.append(f'<text x="{x}" y="{self.h - self.b + 15 + 11 * k}" text-anchor="middle" '
+                           f'{FONT}>{escape(line)}</text>')
         out.append(f'<text x="{(self.l + self.w - self.r) / 2}" y="{self.h - 4}" text-anchor="middle" '
                    f'{FONT}>{escape(x_label)}</text>')
         out.append(f'<text x="12" y="{(self.t + self.h - self.b) / 2}" text-anchor="middle" {FONT} '
@@ -93,35 +94,68 @@ def _svg(kind: str, width: int, height: int, title: str, body: list[str], n: int
             + "".join(body) + "</svg>")
 
 
+DASHES = ("", "6 3", "2 2", "8 3 2 3")   # after the palette's colours run out
+LEGEND_ROW = 14
+
+
 def line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, title: str, x_label: str,
                y_label: str, width: int = 560, height: int = 240,
-               x_names: list[str] | None = None) -> str:
-    """One polyline per series. x_names: categorical x (the x values are indexes)."""
+               x_names: list[str] | None = None,
+               markers: list[tuple[float, str]] = (), legend_below: bool = False) -> str:
+    """One polyline per series. x_names: categorical x (the x values are indexes).
+    markers: (x, label) vertical phase lines. legend_below: a full-width legend under the
+    plot with whole labels (many series: trends), instead of a narrow one on the right."""
     pts = [p for _, s in series for p in s]
     if not pts:
         return _svg("line", width, 60, title, [f'<text x="10" y="40" {FONT}>no data</text>'], 0)
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    xs, ys = [p[0] for p in pts] + [m[0] for m in markers], [p[1] for p in pts]
     yt = nice_ticks(min(0.0, min(ys)), max(ys))
+    right = 12 if legend_below else 130
+    plot_h = height
+    if legend_below:
+        height = plot_h + LEGEND_ROW * len(series) + 8
     if x_names is not None:
         xt = list(range(len(x_names)))
-        ax = _Axes(width, height, (-0.3, len(x_names) - 0.7), (yt[0], yt[-1]), right=130)
-        body = ax.frame(xt, yt, x_label, y_label, xtick_text=lambda v: _tail(x_names[int(v)], 16))
+        ax = _Axes(width, plot_h, (-0.3, len(x_names) - 0.7), (yt[0], yt[-1]), right=right,
+                   bottom=48)
+        body = ax.frame(xt, yt, x_label, y_label, xtick_text=lambda v: "\n".join(
+            _tail(part, 18) for part in x_names[int(v)].split("\n")))
     else:
         xt = nice_ticks(min(xs), max(xs))
-        ax = _Axes(width, height, (xt[0], xt[-1]), (yt[0], yt[-1]), right=130)
+        ax = _Axes(width, plot_h, (xt[0], xt[-1]), (yt[0], yt[-1]), right=right)
         body = ax.frame(xt, yt, x_label, y_label)
+    labelled: list[float] = []
+    for mx, label in markers:
+        x = ax.x(mx)
+        body.append(f'<line class="marker" x1="{x}" x2="{x}" y1="{ax.t}" y2="{plot_h - ax.b}" '
+                    f'stroke="#888" stroke-dasharray="3 3"><title>{escape(label)} at {fmt(mx)}</title></line>')
+        # Labels of close markers stack in up to three rows; beyond that the tooltip says it.
+        row = sum(1 for lx in labelled if x - lx < 34)
+        if row < 3:
+            labelled.append(x)
+            body.append(f'<text x="{x + 2}" y="{ax.t + 10 + 10 * row}" font-family="sans-serif" '
+                        f'font-size="9" fill="#555">{escape(_tail(label, 12))}</text>')
     for i, (name, s) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
+        dash = DASHES[(i // len(PALETTE)) % len(DASHES)]
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
         coords = " ".join(f"{ax.x(x)},{ax.y(y)}" for x, y in s)
         body.append(f'<polyline class="series" data-series="{escape(name)}" points="{coords}" '
-                    f'fill="none" stroke="{color}" stroke-width="1.8"/>')
+                    f'fill="none" stroke="{color}" stroke-width="1.8"{dash_attr}/>')
         for x, y in s:
             xl = x_names[int(x)] if x_names is not None else fmt(x)
             body.append(f'<circle cx="{ax.x(x)}" cy="{ax.y(y)}" r="2.4" fill="{color}">'
                         f'<title>{escape(name)}: {escape(xl)}, {fmt(y)}</title></circle>')
-        ly = ax.t + 12 + 14 * i
-        body.append(f'<rect x="{width - 124}" y="{ly - 8}" width="10" height="3" fill="{color}"/>'
-                    f'<text x="{width - 110}" y="{ly}" {FONT}>{escape(_tail(name, 20))}</text>')
+        if legend_below:
+            ly = plot_h + 4 + LEGEND_ROW * i + 10
+            body.append(f'<line x1="{ax.l}" x2="{ax.l + 22}" y1="{ly - 4}" y2="{ly - 4}" stroke="{color}" '
+                        f'stroke-width="2"{dash_attr}/>'
+                        f'<text class="legend" x="{ax.l + 28}" y="{ly}" {FONT}>{escape(name)}</text>')
+        else:
+            ly = ax.t + 12 + 14 * i
+            body.append(f'<rect x="{width - 124}" y="{ly - 8}" width="10" height="3" fill="{color}"/>'
+                        f'<text class="legend" x="{width - 110}" y="{ly}" {FONT}>{escape(_tail(name, 20))}'
+                        f'<title>{escape(name)}</title></text>')
     return _svg("line", width, height, title, body, len(pts))
 
 

@@ -108,6 +108,16 @@ class Chromium:
         os.close(self.w_cmd)
 
 
+ENVIRONMENT = {"qemu_src": {"path": "/usr/bin/qemu-system-x86_64", "version": "10.0.2",
+                            "package": "Debian 1:10.0.2+ds-2", "sha256": "e8f995668153f7c1",
+                            "build_id": "0fbbd5ca8d2d0a32"},
+               "qemu_dst": {"path": "/usr/bin/qemu-system-x86_64", "version": "10.0.2",
+                            "package": "Debian 1:10.0.2+ds-2", "sha256": "e8f995668153f7c1",
+                            "build_id": "0fbbd5ca8d2d0a32"},
+               "accel": "tcg", "machine_type": "q35", "host": "ci (Linux 6.1, 2 CPUs)",
+               "hosts": "local", "seed": 1234, "harness_version": "0.2.0", "python": "3.11.7"}
+
+
 def make_result_dir(root: Path, scale: float = 1.0, fail: bool = True) -> Path:
     """A result dir as ci/smoke + a hammer run leave it: JUnit, test dirs, triage, reproducer."""
     stamp = root / "20261126-000000-1"
@@ -124,7 +134,8 @@ def make_result_dir(root: Path, scale: float = 1.0, fail: bool = True) -> Path:
             (d / "outcomes.json").write_text("{}")
             if status in ("passed", "failed") and "precopy" in path or "postcopy" in path:
                 m = {"migration": {"total_time_ms": int((400 + 90 * copy + 300 * i) * scale),
-                                   "downtime_ms": int((30 + 25 * copy + 10 * i) * scale)}}
+                                   "downtime_ms": int((30 + 25 * copy + 10 * i) * scale)},
+                     "environment": ENVIRONMENT}
                 (d / "metrics.json").write_text(json.dumps(m))
                 if copy == 0:
                     samples = [dict(elapsed_s=0.1 * k, t=1.0 + 0.1 * k, **sample_from(r),
@@ -132,6 +143,11 @@ def make_result_dir(root: Path, scale: float = 1.0, fail: bool = True) -> Path:
                                                                          "migration": 0.015 * k}})
                                for k, r in enumerate(REPLIES[1:])]
                     (d / "progress.json").write_text(json.dumps(samples))
+                    (d / "phases.json").write_text(json.dumps(
+                        [{"elapsed_s": 0.0, "event": "MIGRATION", "status": "setup"},
+                         {"elapsed_s": 0.05, "event": "MIGRATION_PASS", "pass": 1},
+                         {"elapsed_s": 0.1, "event": "MIGRATION", "status": "active"},
+                         {"elapsed_s": 0.1 * (len(samples) - 2), "event": "MIGRATION", "status": "device"}]))
             body = {"failed": '<failure message="crash SIGSEGV: ram_save_iterate">tb</failure>',
                     "xfailed": '<skipped type="pytest.xfail" message="known bug (https://x)"/>',
                     "skipped": '<skipped type="pytest.skip" message="no RDMA device"/>'}.get(status, "")
@@ -174,7 +190,15 @@ def test_report_renders_offline_in_chromium_without_errors(tmp_path):
                 width: c.getBoundingClientRect().width})),
             resources: performance.getEntriesByType('resource').map(r => r.name),
             links: [...document.querySelectorAll('a')].map(a => a.href),
-            h2: [...document.querySelectorAll('h2')].map(h => h.textContent)})"""}, session=s)
+            h2: [...document.querySelectorAll('h2')].map(h => h.textContent),
+            env: [...document.querySelectorAll('table.env td')].map(td => td.innerText),
+            markers: document.querySelectorAll('line.marker').length,
+            trends: document.querySelectorAll('.trend').length})"""}, session=s)
+        # the script-free family filter: choosing one family hides the other trend charts
+        filtered = browser.call("Runtime.evaluate", {"returnByValue": True, "expression": """(() => {
+            document.getElementById('tf-precopy').click();
+            return [...document.querySelectorAll('.trend')].filter(
+                t => getComputedStyle(t).display !== 'none').map(t => t.className); })()"""}, session=s)
         shot = browser.call("Page.captureScreenshot", {"format": "png"}, session=s)
         (tmp_path / "report.png").write_bytes(base64.b64decode(shot["data"]))
         browser.call("Runtime.evaluate", {"expression": "1"}, session=s)  # flush pending events
@@ -192,8 +216,15 @@ def test_report_renders_offline_in_chromium_without_errors(tmp_path):
     assert requests == [out.as_uri()], requests          # the page and nothing else
     assert info["resources"] == []
     assert info["title"] == "QEMU migration test report"
-    assert info["h2"][:6] == ["Summary", "Failures and expected failures", "Crash signatures",
+    assert info["h2"][:7] == ["Environment", "Summary", "Failures and expected failures", "Crash signatures",
                               "Migration time and downtime per scenario", "Migration progress", "Trend"]
+    assert "tcg" in info["env"] and "1234" in info["env"]
+    assert any("10.0.2" in td and "build-id 0fbbd5ca8d2d0a32" in td for td in info["env"]), info["env"]
+    assert info["markers"] >= 8                       # phase markers on the progress plots
+    progress = [c for c in info["charts"] if c["kind"] == "line" and c["points"] >= 10]
+    assert len(progress) >= 2, info["charts"]         # multi-point progress curves
+    assert info["trends"] == 2                        # precopy and postcopy families
+    assert filtered["result"]["value"] == ["trend fam-precopy"], filtered
     kinds = [c["kind"] for c in info["charts"]]
     assert kinds.count("bars") == 1 and kinds.count("strip") == 2 and kinds.count("line") >= 6
     for c in info["charts"]:
