@@ -11,7 +11,8 @@ from harness import dirs, proctree
 from harness.qemu import accel as accel_mod
 from harness.qemu.binary import probe
 from harness.qemu.spec import MachineSpec, SpecError
-from harness.report.reproducer import export_shutdown_race, run_reproducer
+from harness.report import repro_contract
+from harness.report.reproducer import ExportInfo, export_shutdown_race, run_reproducer
 from harness.stress.hammer import (HammerConfig, cleanup_empty, hammer, print_progress,
                                    quiet_expected_noise, run_one)
 from harness.stress.races import MIGRATION_QUERIES, RaceState, ShutdownMethod, ShutdownRace
@@ -96,16 +97,20 @@ def _run(args, recipe, base: MachineSpec, root: Path) -> int:
                        parallel=args.parallel, until_crash=args.until_crash, seed=seed,
                        malloc_perturb=not args.no_malloc_perturb)
     triage = hammer(recipe, cfg, print_progress)
+    version = probe(binary).version
     for st in triage.rows():
         if isinstance(recipe, ShutdownRace) and st.first_artifacts and st.kind in ("crash", "hang"):
             try:
+                info = ExportInfo(hits=st.count, attempts=triage.attempts, qemu_version=version,
+                                  versions_tried=(f"{version}: {st.count}/{triage.attempts}",))
                 script = export_shutdown_race(Path(st.first_artifacts), st.first_variant,
-                                              root / "reproducers" / f"{slug(st.signature)}.py")
+                                              root / "reproducers" / f"{slug(st.signature)}.py", info)
                 st.reproducer = str(script)
                 if args.verify_reproducers > 0:
-                    ok, line = run_reproducer(script, 10_000, args.verify_reproducers)
-                    st.reproducer += f" ({'reproduces' if ok else 'did not reproduce'}: {line})"
-            except (OSError, ValueError) as exc:
+                    res = run_reproducer(script, 10_000, args.verify_reproducers, qemu=binary)
+                    st.reproducer += (f" ({'reproduces' if res.hits else 'did not reproduce'}: "
+                                      f"{res.hits}/{res.attempts})")
+            except (OSError, ValueError, repro_contract.ContractError) as exc:
                 st.reproducer = f"not exported: {exc}"
     triage.write(root / "triage.json")
     if triage.observations:
