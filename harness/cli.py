@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     report_cmd.add_parser(sub)
     from harness.hosts import command as hosts_cmd
     hosts_cmd.add_parser(sub)
+    from harness.report import repro_command
+    repro_command.add_parser(sub)
     env_defaults(parser)
     if argv[:1] == ["images"]:
         from harness.guest import images
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return _guard(lambda: report_cmd.main(args), "report")
     if args.cmd == "hosts":
         return _guard(lambda: hosts_cmd.main(args), "hosts")
+    if args.cmd == "repro":
+        return _guard(lambda: repro_command.main(args), "repro")
     return 2
 
 

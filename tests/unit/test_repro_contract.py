@@ -1,6 +1,7 @@
 """The reproducer contract: RESULT line, exit codes for `git bisect run`, a self-contained
-script that runs with `python3 -I` in an empty dir and a clean environment. QEMU is a stub
-that crashes on demand (tests/unit/stubs/qemu-system-x86_64)."""
+script that runs with `python3 -I` in an empty dir and a clean environment; `harness repro`
+(the differential table) over it. QEMU is a stub that crashes on demand
+(tests/unit/stubs/qemu-system-x86_64)."""
 import json
 import os
 import shutil
@@ -158,3 +159,46 @@ def test_git_bisect_run_finds_the_first_bad_commit_and_skips_unbuildable(script,
                          capture_output=True, text=True, timeout=300)
     assert f"{first_bad} is the first bad commit" in out.stdout, out.stdout + out.stderr
     assert "RESULT hits=0 attempts=0 signature=-" in out.stdout  # commit 4 was skipped (125)
+
+
+# ----------------------------------------------------------------------------- harness repro
+
+
+def harness(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def wrapper(tmp_path: Path, mode: str) -> Path:
+    w = tmp_path / f"qemu-{mode}"
+    w.write_text(f"#!/bin/sh\nSTUB_MODE={mode} exec {STUB} \"$@\"\n")
+    w.chmod(0o755)
+    return w
+
+
+def test_differential_table_and_json(script, tmp_path):
+    out = tmp_path / "diff.json"
+    cp = harness("repro", str(script), "--qemu", str(wrapper(tmp_path, "crash")),
+                 "--qemu", str(wrapper(tmp_path, "clean")), "--qemu", str(wrapper(tmp_path, "nostart")),
+                 "--attempts", "4", "--seconds", "60", "--json", str(out), cwd=tmp_path)
+    assert cp.returncode == 1, cp.stdout + cp.stderr       # found: it hits somewhere
+    lines = cp.stdout.splitlines()
+    assert lines[0].startswith("signature: crash SIGABRT: migrate_mode")
+    rows = {ln.split()[-1].rsplit("-", 1)[-1]: ln for ln in lines[2:5]}
+    assert "4/4" in rows["crash"] and "affected" in rows["crash"] and "[51.0%, 100.0%]" in rows["crash"]
+    assert "0/4" in rows["clean"] and "not seen" in rows["clean"]
+    assert "skip" in rows["nostart"]
+    js = json.loads(out.read_text())
+    assert [r["verdict"] for r in js["rows"]] == ["affected", "not seen", "skip"]
+    assert js["rows"][0]["version"] == "99.0.0"
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--qemu", "x"], "give either SCRIPT or --recipe"),
+    (["nope.py", "--qemu", "x"], "nope.py: no such file"),
+    (["--recipe", "shutdown-race", "--qemu", "x"], "--recipe needs --seed"),
+    (["f.py", "--qemu", "x", "--attempts", "0"], "--attempts must be >= 1"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, msg):
+    cp = harness("repro", *args, cwd=tmp_path)
+    assert cp.returncode == 2 and msg in cp.stderr and "Traceback" not in cp.stderr
