@@ -111,3 +111,20 @@ def test_every_command_is_documented_in_the_readme(path, extract):
             assert opt in readme, f"{path.name}: option {opt} of '{c}' is not in the README"
     for script in {c.split()[0] for c in cmds if c.startswith("ci/")}:
         assert (ROOT / script).is_file(), script
+
+
+SANITIZERS = ROOT / "ci" / "examples" / "github-nightly-sanitizers.yml"
+
+
+def test_sanitizer_nightly_builds_asan_and_runs_every_command_documented():
+    doc = yaml.safe_load(SANITIZERS.read_text())
+    job = doc["jobs"]["asan"]
+    runs = [s.get("run", "") for s in job["steps"]]
+    assert "ci/qemu-build --asan" in runs
+    assert any(s.get("uses", "").startswith("actions/cache") and s["with"]["path"] == "/opt/qemu-builds"
+               for s in job["steps"])
+    keys, readme = documented()
+    for c in github_commands(doc):
+        assert command_key(c) in keys, f"{SANITIZERS.name}: '{c}' is not a command the README documents"
+        for opt in re.findall(r"(?<!\S)(--[a-z][a-z-]*)", c):
+            assert opt in readme, f"{SANITIZERS.name}: option {opt} of '{c}' is not in the README"
