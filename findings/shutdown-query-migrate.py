@@ -119,6 +119,15 @@ class CannotStart(Exception):
     """QEMU exited or never connected before the race could be set up."""
 
 
+def die_with_parent():
+    """QEMU gets SIGKILL when this script ends, however it ends (Linux prctl)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def attempt(qemu, perturb):
     """Run one attempt; return (decided, returncode or "hang", stderr)."""
     d = tempfile.mkdtemp(prefix="repro-")
@@ -145,17 +154,24 @@ def attempt(qemu, perturb):
         with open(errpath, "w") as err:
             try:
                 p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=err, cwd=d, start_new_session=True)
+                                     stderr=err, cwd=d, preexec_fn=die_with_parent)
             except OSError as exc:
                 raise CannotStart(f"{qemu}: {exc}")
         try:
             mons = []
+            deadline = time.time() + 20
             for name, s in listeners.items():
-                s.settimeout(20)
-                try:
-                    c, _ = s.accept()
-                except socket.timeout:
-                    raise CannotStart(f"QEMU did not connect to socket {name} within 20 s")
+                s.settimeout(0.1)
+                while True:
+                    try:
+                        c, _ = s.accept()
+                        break
+                    except socket.timeout:
+                        if p.poll() is not None:
+                            raise CannotStart(f"QEMU exited before connecting to socket {name}")
+                        if time.time() > deadline:
+                            raise CannotStart(f"QEMU did not connect to socket {name} within 20 s")
+                c.settimeout(None)
                 conns.append(c)
                 if name in MONITORS:
                     mons.append((MONITORS.index(name), c))

@@ -97,6 +97,7 @@ def _run(args, recipe, base: MachineSpec, root: Path) -> int:
                        parallel=args.parallel, until_crash=args.until_crash, seed=seed,
                        malloc_perturb=not args.no_malloc_perturb)
     triage = hammer(recipe, cfg, print_progress)
+    binary = base.binary
     version = probe(binary).version
     for st in triage.rows():
         if isinstance(recipe, ShutdownRace) and st.first_artifacts and st.kind in ("crash", "hang"):
