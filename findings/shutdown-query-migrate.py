@@ -134,14 +134,15 @@ def attempt(qemu, perturb):
     for name, data in FILES.items():
         with open(os.path.join(d, name), "wb") as f:
             f.write(base64.b64decode("".join(data)))
-    argv = [qemu] + [re.sub(r"@FILE:([^@]+)@", lambda m: os.path.join(d, m.group(1)),
-                            a.replace("@RUNDIR@", d)) for a in QEMU_ARGS]
+    qd = d.replace(",", ",,")  # a comma inside a QEMU option value is doubled
+    argv = [qemu] + [re.sub(r"@FILE:([^@]+)@", lambda m: os.path.join(qd, m.group(1)),
+                            a.replace("@RUNDIR@", qd)) for a in QEMU_ARGS]
     listeners = {}
     for a in argv:
-        m = re.match(r"socket,id=([^,]+),path=([^,]+)$", a)
+        m = re.match(r"socket,id=([^,]+),path=((?:[^,]|,,)+)$", a)
         if m:
             s = socket.socket(socket.AF_UNIX)
-            s.bind(m.group(2))
+            s.bind(m.group(2).replace(",,", ","))
             s.listen(1)
             listeners[m.group(1)] = s
     env = dict(os.environ, MALLOC_PERTURB_=str(perturb))

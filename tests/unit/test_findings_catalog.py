@@ -2,8 +2,10 @@
 regression test's strict-xfail / XPASS-alarm semantics (run against the stub QEMU)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,10 +82,14 @@ def test_repository_catalog_loads():
 def test_finding_is_strict_xfail_and_a_fixed_build_alarms(tmp_path, mode, want):
     """The stub QEMU (version 99.0.0, never measured) is assumed affected: a crash is
     the expected failure, a clean run is an XPASS alarm."""
-    env = dict(os.environ, STUB_MODE=mode, HARNESS_RUN_ROOT=str(tmp_path))
-    cp = subprocess.run([sys.executable, "-m", "pytest", "tests/migration/test_findings.py", "-q", "-rxX",
-                         "-p", "no:cacheprovider", "-k", "shutdown-query-migrate", "--qemu", str(STUB),
-                         "--accel", "tcg", "--artifacts", str(tmp_path / "art")],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    run_root = tempfile.mkdtemp(prefix="qmh-f-", dir="/tmp")  # short: AF_UNIX path limit
+    env = dict(os.environ, STUB_MODE=mode, HARNESS_RUN_ROOT=run_root)
+    try:
+        cp = subprocess.run([sys.executable, "-m", "pytest", "tests/migration/test_findings.py", "-q", "-rxX",
+                             "-p", "no:cacheprovider", "-k", "shutdown-query-migrate", "--qemu", str(STUB),
+                             "--accel", "tcg", "--artifacts", str(tmp_path / "art")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(run_root, ignore_errors=True)
     assert want in cp.stdout, cp.stdout[-2000:]
     assert cp.returncode == (0 if mode == "crash" else 1)
