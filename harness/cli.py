@@ -11,12 +11,13 @@ QEMU_ENV = {"qemu": "QTEST_QEMU_BINARY", "qemu_src": "QTEST_QEMU_BINARY_SRC",
             "qemu_dst": "QTEST_QEMU_BINARY_DST"}
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after every option's help; descriptions keep their line breaks."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown after every option's help."""
 
     def _get_help_string(self, action):
-        # A flag's False or an unset None says nothing: show real defaults only.
-        if action.default in (None, False) or isinstance(action, argparse._VersionAction):
+        # A flag's False, an unset None or an empty list says nothing; a help text that
+        # already explains its default keeps its own words.
+        if action.default in (None, False, [], ()) or "(default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -79,13 +80,14 @@ def _cmd_qemu(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (every subcommand), QTEST_QEMU_BINARY* applied."""
     parser = Parser(prog="harness", description="QEMU migration test harness")
     parser.add_argument("--version", action=_VersionAction,
                         help="print the harness version and the default QEMU's version")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("images", help="build or locate guest images", add_help=False)
+    sub.add_parser("images", help="build or locate guest images (harness images --help)",
+                   add_help=False)
     q = sub.add_parser("qemu", help="show what the harness knows about a QEMU binary")
     q.add_argument("binary", nargs="?", default="qemu-system-x86_64",
                    help="QEMU binary (path or name on PATH; $QTEST_QEMU_BINARY if set)")
@@ -101,6 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     from harness.report import repro_command
     repro_command.add_parser(sub)
     env_defaults(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    from harness.hosts import command as hosts_cmd
+    from harness.report import command as report_cmd
+    from harness.stress import chaos_command
+    from harness.stress import command as hammer_cmd
     if argv[:1] == ["images"]:
         from harness.guest import images
         return _guard(lambda: images.main(argv[1:]))

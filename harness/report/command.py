@@ -13,19 +13,19 @@ def add_parser(sub) -> None:
                                       "from result dirs")
     p.add_argument("results", nargs="+", metavar="RESULTS",
                    help="result dirs: pytest artifacts with JUnit XML, harness hammer roots")
-    p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write")
     p.add_argument("--trend", nargs="+", default=[], metavar="DIR",
                    help="result dirs of earlier runs, oldest first (nightly trend)")
     p.add_argument("--history", default=None, metavar="DIR",
                    help="archive these results' JUnit/metrics/triage files into DIR/<stamp> and "
                         "trend over every entry there (nightly CI: keep DIR in a cache)")
-    p.add_argument("--keep", type=int, default=30, help="history entries to keep (default 30)")
+    p.add_argument("--keep", type=int, default=30, help="history entries to keep")
     p.add_argument("--metric", default="migration.total_time_ms",
-                   help="metrics.json key for the trend (default migration.total_time_ms)")
+                   help="metrics.json key for the trend")
     p.add_argument("--progress", action="append", default=[], metavar="SUBSTRING",
                    help="plot the progress curves of runs whose test id or dir contains this")
     p.add_argument("--progress-limit", type=int, default=4, help="at most this many progress plots")
-    p.add_argument("--title", default="QEMU migration test report")
+    p.add_argument("--title", default="QEMU migration test report", help="the page's title")
 
 
 def main(args) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -13,7 +14,8 @@ from harness.qemu.binary import probe
 from harness.qemu.spec import MachineSpec, SpecError
 from harness.report import repro_contract
 from harness.report.reproducer import ExportInfo, export_shutdown_race, run_reproducer
-from harness.stress.hammer import (HammerConfig, cleanup_empty, hammer, print_progress,
+from harness.stress import display
+from harness.stress.hammer import (HammerConfig, cleanup_empty, hammer,
                                    quiet_expected_noise, run_one)
 from harness.stress.races import MIGRATION_QUERIES, RaceState, ShutdownMethod, ShutdownRace
 from harness.stress.recipes import CancelRace, DestinationConfigRace
@@ -27,28 +29,43 @@ def slug(signature: str) -> str:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("hammer", help="hammer a race recipe; triage crashes; export reproducers")
-    p.add_argument("recipe", choices=["shutdown-race", "cancel-race", "dest-config-race"])
+    p = sub.add_parser("hammer", help="hammer a race recipe; triage crashes; export reproducers",
+                       description="Run a race recipe from worker processes until time, count or "
+                                   "a crash; triage by signature; export a standalone reproducer "
+                                   "per signature. Exit 0 clean, 1 when something was found.")
+    p.add_argument("recipe", choices=["shutdown-race", "cancel-race", "dest-config-race"],
+                   help="shutdown-race: queries while QEMU goes down; cancel-race: migrate_cancel "
+                        "at random moments; dest-config-race: destination caps/params changed "
+                        "while connecting")
     p.add_argument("--flow", choices=["precopy", "multifd", "postcopy", "random"], default="random",
                    help="cancel-race: which flow to cancel")
-    p.add_argument("--qemu", default="qemu-system-x86_64")
-    p.add_argument("--accel", default="auto")
-    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--qemu", default="qemu-system-x86_64",
+                   help="QEMU binary (path or name on PATH; $QTEST_QEMU_BINARY if set)")
+    p.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"],
+                   help="accelerator (auto: measured once per binary, cached)")
+    p.add_argument("--seconds", type=float, default=60.0, help="stop after this long")
     p.add_argument("--attempts", type=int, default=None, help="stop after N attempts in total")
-    p.add_argument("-j", "--parallel", type=int, default=4, help="worker processes (default 4)")
+    p.add_argument("-j", "--parallel", type=int, default=os.cpu_count() or 1,
+                   help="worker processes (default: the CPU count)")
     p.add_argument("--until-crash", action="store_true", help="stop at the first crash or hang")
-    p.add_argument("--method", choices=[m.value for m in ShutdownMethod], default="sigterm")
-    p.add_argument("--state", choices=[s.value for s in RaceState], default="idle")
-    p.add_argument("--monitors", type=int, default=2)
-    p.add_argument("--flood", type=int, default=32)
+    p.add_argument("--method", choices=[m.value for m in ShutdownMethod], default="sigterm",
+                   help="shutdown-race: how QEMU is brought down")
+    p.add_argument("--state", choices=[s.value for s in RaceState], default="idle",
+                   help="shutdown-race: what QEMU is doing when it goes down")
+    p.add_argument("--monitors", type=int, default=2,
+                   help="shutdown-race: QMP monitors flooding queries at once")
+    p.add_argument("--flood", type=int, default=32,
+                   help="shutdown-race: queries kept in flight per monitor")
     p.add_argument("--commands", default="query-migrate",
                    help=f"comma-separated queries, e.g. {','.join(MIGRATION_QUERIES)}")
     p.add_argument("--random", action="store_true", help="draw method/state/monitors per attempt")
     p.add_argument("--seed", type=int, default=None, help="session seed (default: random, printed)")
     p.add_argument("--replay", type=int, default=None, metavar="ATTEMPT_SEED",
                    help="re-run exactly one recorded attempt (its seed.txt)")
-    p.add_argument("--no-malloc-perturb", action="store_true")
-    p.add_argument("--artifacts", default="artifacts/hammer")
+    p.add_argument("--no-malloc-perturb", action="store_true",
+                   help="do not give each QEMU a seeded random MALLOC_PERTURB_")
+    p.add_argument("--artifacts", default="artifacts/hammer",
+                   help="where attempt dirs, triage.json and reproducers go")
     p.add_argument("--verify-reproducers", type=float, default=0.0, metavar="SECONDS",
                    help="run each exported reproducer this long and record its hit rate")
 
@@ -96,7 +113,7 @@ def _run(args, recipe, base: MachineSpec, root: Path) -> int:
     cfg = HammerConfig(base=base, artifacts=root, seconds=args.seconds, attempts=args.attempts,
                        parallel=args.parallel, until_crash=args.until_crash, seed=seed,
                        malloc_perturb=not args.no_malloc_perturb)
-    triage = hammer(recipe, cfg, print_progress)
+    triage = hammer(recipe, cfg, display.for_terminal())
     binary = base.binary
     version = probe(binary).version
     for st in triage.rows():

@@ -27,6 +27,7 @@ from harness.stress.engine import ChaosRecipe, chaos_attempt
 from harness.stress.races import ShutdownRace, shutdown_attempt
 from harness.stress.recipes import (CancelRace, DestinationConfigRace, cancel_attempt,
                                     dest_config_attempt)
+from harness.stress.display import Display, HammerStatus
 from harness.stress.triage import AttemptRecord, EvidenceBudget, Triage
 
 # recipe type -> attempt function(run, base_spec, variant) -> verdict with
@@ -126,7 +127,7 @@ def _worker(wid: int, recipe, cfg: HammerConfig, deadline: float | None, max_att
     out.put({"done": wid})
 
 
-def hammer(recipe, cfg: HammerConfig, progress: Callable[[str], None] | None = None) -> Triage:
+def hammer(recipe, cfg: HammerConfig, progress: Display | None = None) -> Triage:
     """Run until cfg.seconds/cfg.attempts/first crash; return the triage."""
     cfg.artifacts.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
@@ -154,7 +155,7 @@ def hammer(recipe, cfg: HammerConfig, progress: Callable[[str], None] | None = N
     triage.errors = errors
     triage.elapsed = time.time() - t_start
     if progress:
-        progress(_progress_line(triage, errors, triage.elapsed))
+        progress(_status(triage, errors, triage.elapsed, cfg, final=True))
     return triage
 
 
@@ -186,7 +187,7 @@ def _collect(procs, out, stop, cfg: HammerConfig, triage: Triage, errors: list,
                 if cfg.until_crash and rec.kind in ("crash", "hang"):
                     stop.set()
         if progress and time.monotonic() >= next_report:
-            progress(_progress_line(triage, errors, time.time() - t_start))
+            progress(_status(triage, errors, time.time() - t_start, cfg))
             next_report = time.monotonic() + 1.0
 
 
@@ -218,16 +219,16 @@ EXIT_GRACE = 60.0
 STOP_GRACE = 10.0
 
 
-def _progress_line(t: Triage, errors: list, elapsed: float) -> str:
-    crashes, hangs = t.count("crash"), t.count("hang")
-    rate = t.attempts / elapsed if elapsed else 0.0
-    cpm = crashes / elapsed * 60 if elapsed else 0.0
-    return (f"[{elapsed:6.1f}s] attempts {t.attempts} ({rate:.1f}/s) crashes {crashes} "
-            f"({cpm:.0f}/min) hangs {hangs} harness-errors {len(errors)} signatures {len(t.by_sig)}")
+def _status(t: Triage, errors: list, elapsed: float, cfg: HammerConfig,
+            final: bool = False) -> HammerStatus:
+    return HammerStatus(elapsed=elapsed, attempts=t.attempts, crashes=t.count("crash"),
+                        hangs=t.count("hang"), errors=len(errors), signatures=len(t.by_sig),
+                        target_seconds=cfg.seconds, target_attempts=cfg.attempts, final=final)
 
 
-def print_progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def print_progress(status: HammerStatus) -> None:
+    """One line per report (the hammer reports every second)."""
+    print(status, file=sys.stderr, flush=True)
 
 
 def cleanup_empty(path: Path) -> None:

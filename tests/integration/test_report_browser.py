@@ -22,7 +22,7 @@ from harness.migration.progress import sample_from
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed "
-                                "(ci/setup installs Debian's chromium package)")
+                                "(ci/setup --with-browser installs Debian's chromium; ci/test does)")
 REPLIES = json.loads((Path(__file__).parents[1] / "unit" / "samples" /
                       "query-migrate-precopy-linux.json").read_text())
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
