@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from harness.report import history, html
+from harness.report import history, html, markdown
 from harness.report.results import ReportError, load, load_all
 
 
@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
                    help="plot the progress curves of runs whose test id or dir contains this")
     p.add_argument("--progress-limit", type=int, default=4, help="at most this many progress plots")
     p.add_argument("--title", default="QEMU migration test report", help="the page's title")
+    p.add_argument("--markdown", default=None, metavar="FILE",
+                   help="also append a Markdown summary (outcomes per family, failures with "
+                        "their signatures) to FILE, e.g. \"$GITHUB_STEP_SUMMARY\"")
 
 
 def main(args) -> int:
@@ -48,6 +51,8 @@ def main(args) -> int:
                                  trend_metric=args.metric, progress=args.progress,
                                  progress_limit=args.progress_limit)
         out = html.write(results, opt)
+        if args.markdown:
+            markdown.append(Path(args.markdown), results, args.title)
     except (ReportError, OSError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 1

@@ -69,11 +69,18 @@ def test_gitlab_example_is_valid_and_complete():
     doc = yaml.safe_load(GITLAB.read_text())
     assert doc["stages"] == ["test", "report"]
     assert doc["smoke"]["script"][-1] == "ci/smoke"
-    assert "-m full -n 2" in doc["full"]["script"][-1]
+    full = doc["full"]
+    assert "-m full -n 2" in full["script"][-1]
+    assert full["parallel"] == 4 and "--shard $CI_NODE_INDEX/$CI_NODE_TOTAL" in full["script"][-1]
+    assert "runner_system_failure" in doc["default"]["retry"]["when"]
+    assert doc["default"]["interruptible"] is True
     rep = doc["report"]
     assert rep["when"] == "always" and rep["stage"] == "report"
     assert {n["job"] for n in rep["needs"]} == {"smoke", "full"}
     assert rep["script"][-1].startswith(".venv/bin/harness report ")
+    for k in range(1, full["parallel"] + 1):   # the report merges every shard
+        assert f"artifacts/full-{k}" in rep["script"][-1]
+    assert rep["artifacts"]["expose_as"] and "artifacts/report.html" in rep["artifacts"]["paths"]
     for job in ("smoke", "full", "report"):
         assert doc[job]["artifacts"]["when"] == "always"
     farm = doc["farm"]
@@ -86,14 +93,24 @@ def test_github_example_is_valid_and_complete():
     doc = yaml.safe_load(GITHUB.read_text())
     on = doc.get("on", doc.get(True))            # YAML 1.1 reads a bare `on` as true
     assert "schedule" in on and "workflow_dispatch" in on
-    job = doc["jobs"]["nightly"] if "nightly" in doc["jobs"] else next(iter(doc["jobs"].values()))
-    runs = [s.get("run", "") for s in job["steps"]]
+    jobs = doc["jobs"]
+    runs = [s.get("run", "") for s in jobs["nightly"]["steps"]]
     assert "ci/setup" in runs and "ci/smoke" in runs
-    assert any("-m full -n 2" in r for r in runs)
-    assert any(r.startswith(".venv/bin/harness report ") for r in runs)
-    after_smoke = job["steps"][[s.get("id") for s in job["steps"]].index("smoke") + 1:]
-    assert all(s.get("if") == "${{ !cancelled() }}" for s in after_smoke)  # report after failures
-    assert any(s.get("uses", "").startswith("actions/upload-artifact") for s in job["steps"])
+    after_smoke = jobs["nightly"]["steps"][[s.get("id") for s in jobs["nightly"]["steps"]].index("smoke") + 1:]
+    assert all(s.get("if") == "${{ !cancelled() }}" for s in after_smoke)  # results kept after failures
+    full = jobs["full"]
+    shards = full["strategy"]["matrix"]["shard"]
+    full_run = next(s["run"] for s in full["steps"] if s.get("id") == "full")
+    assert "-m full -n 2" in full_run and f"--shard ${{{{ matrix.shard }}}}/{len(shards)}" in full_run
+    report = jobs["report"]
+    assert set(report["needs"]) == {"nightly", "full"} and report["if"] == "${{ !cancelled() }}"
+    rruns = [s.get("run", "") for s in report["steps"]]
+    rep = next(r for r in rruns if r.startswith(".venv/bin/harness report "))
+    assert all(f"results-full-{k}" in rep for k in shards) and '--markdown "$GITHUB_STEP_SUMMARY"' in rep
+    uses = [s.get("uses", "") for s in report["steps"]]
+    assert any(u.startswith("mikepenz/action-junit-report@") for u in uses)   # JUnit rendered
+    assert report["permissions"]["checks"] == "write"
+    assert any(u.startswith("actions/upload-artifact") for u in uses)
     farm_runs = [s.get("run", "") for s in doc["jobs"]["farm"]["steps"]]
     assert any("--inventory farm.toml" in r for r in farm_runs)
     assert any(r.startswith(".venv/bin/harness hosts check --connect") for r in farm_runs)

@@ -203,3 +203,25 @@ def test_history_archives_small_files_prunes_and_trends(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["report", str(root), "--history", str(hist), "--keep", "0", "-o", str(out)]) == 1
     assert "--keep 0 must be >= 1" in capsys.readouterr().err
+
+
+def test_markdown_summary(tmp_path):
+    from harness.report import markdown
+    from harness.report.results import load
+    d = tmp_path / "res"
+    d.mkdir()
+    (d / "junit.xml").write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest">'
+        '<properties><property name="harness_shard" value="1/2"/></properties>'
+        '<testcase classname="tests.migration.test_precopy" name="test_scenario[/migration/precopy/tcp/plain]" time="1">'
+        '<failure message="crash SIGSEGV: ram_save_iterate | x">tb</failure></testcase>'
+        '<testcase classname="tests.migration.test_precopy" name="test_scenario[/migration/precopy/unix/plain]" time="1"/>'
+        '</testsuite></testsuites>')
+    out = tmp_path / "summary.md"
+    out.write_text("earlier step\n")
+    markdown.append(out, [load(d)], "nightly")
+    text = out.read_text()
+    assert text.startswith("earlier step\n## nightly")            # appended
+    assert "| precopy | 1 | 1 | 0 | 0 | 0 |" in text
+    assert "`crash SIGSEGV: ram_save_iterate \\| x`" in text
+    assert "Merged from shards 1/2." in text and "shard(s) 2/2 missing" in text
