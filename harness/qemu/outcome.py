@@ -541,6 +541,28 @@ class Outcome:
     #: the first sanitizer report: access/free/alloc stacks (harness.qemu.sanitizer)
     sanitizer_report: sanitizer.SanitizerReport | None = dataclasses.field(default=None, compare=False)
 
+    def top_locations(self, limit: int = 5) -> tuple[str, ...]:
+        """The top frames with their source location, 'func (file.c:123)', when the
+        build has debug info (a sanitizer report or gdb on a debug build); () otherwise."""
+        if self.sanitizer_report is not None:
+            frames = _sanitizer_frames(self.sanitizer_report)
+        elif self.backtrace:
+            frames = crashing_thread_stack(self.backtrace)
+            for i, f in enumerate(frames):
+                if f.func == "<signal handler called>":
+                    frames = frames[i + 1:]
+                    break
+        else:
+            return ()
+        own = [f for f in frames if not _is_library(f)]
+        if not any(f.location.startswith("at ") for f in own[:limit]):
+            return ()
+        out = []
+        for f in own[:limit]:
+            where = f.location[3:].rsplit("/", 1)[-1] if f.location.startswith("at ") else ""
+            out.append(f"{f.func} ({where})" if where else f.func)
+        return tuple(out)
+
     @property
     def ok(self) -> bool:
         """True when the exit is what the test expected (clean or expected error)."""
@@ -559,6 +581,7 @@ class Outcome:
                 "core": str(self.core) if self.core else None, "core_note": self.core_note,
                 "top_frames": list(self.top_frames), "hang": self.hang, "detail": self.detail,
                 "artifact_dir": str(self.artifact_dir) if self.artifact_dir else None,
+                "top_locations": list(self.top_locations(10)),
                 "sanitizer": self.sanitizer_report.to_dict() if self.sanitizer_report else None}
 
     @property
@@ -620,7 +643,7 @@ class Outcome:
         elif self.core_note:
             out.append(f"core: {self.core_note}")
         if self.top_frames:
-            out.append("frames: " + " <- ".join(self.top_frames[:8]))
+            out.append("frames: " + " <- ".join(self.top_locations(8) or self.top_frames[:8]))
         tail = [ln for ln in self.stderr_tail.splitlines() if ln.strip()][-max_lines:]
         if tail:
             out.append("stderr (last lines):")

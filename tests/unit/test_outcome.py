@@ -439,3 +439,14 @@ def test_gdb_helpers_with_fake_runner():
     assert "timed out" in t
     t = debug.backtrace_from_core("q", "c", run=lambda a, t: (127, "", "gdb: not found"))
     assert "gdb not available" in t
+
+
+def test_debug_build_frames_carry_file_and_line():
+    out = classify(ABRT, sample("gassert.stderr"), backtrace=sample("gassert.gdb"))
+    locs = out.top_locations()
+    assert locs and all("(" in x and ".c:" in x for x in locs[:2]), locs
+    assert "frames: " + " <- ".join(out.top_locations(8)) in out.failure_message()
+    stripped = classify(ABRT, "", backtrace=sample("qemu_sigabrt_idle.gdb"))
+    assert stripped.top_locations() == ()  # Debian's build: names only
+    asan = classify(1, sample("asan.stderr"))
+    assert asan.top_locations()[:2] == ("migrate_mode (options.c:855)", "fill_source_migration_info (migration.c:1180)")
