@@ -68,3 +68,17 @@ def test_bad_input_is_one_line(args, msg):
     cp = run(["hammer", "shutdown-race", "--seconds", "1"] + args, timeout=60)
     assert cp.returncode == 2       # bad input is a usage error
     assert cp.stderr.strip().count("\n") == 0 and msg in cp.stderr, cp.stderr
+
+
+def test_repro_replays_a_recorded_attempt_seed_on_two_binaries(hammered, tmp_path):
+    """harness repro --recipe shutdown-race --seed N: the differential for one hammer attempt."""
+    _, root = hammered
+    top = json.loads((root / "triage.json").read_text())["signatures"][0]
+    seed = int((Path(top["first_artifacts"]) / "seed.txt").read_text())
+    out = tmp_path / "d.json"
+    cp = run(["repro", "--recipe", "shutdown-race", "--seed", str(seed), "--qemu", "qemu-system-x86_64",
+              "--attempts", "6", "--seconds", "60", "--json", str(out)], timeout=300, cwd=tmp_path)
+    js = json.loads(out.read_text())
+    assert js["rows"][0]["attempts"] == 6 and js["rows"][0]["version"]
+    assert cp.returncode == (1 if js["rows"][0]["hits"] else 0)
+    assert "socket.send() raised exception" not in cp.stderr
