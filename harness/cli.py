@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     from harness.hosts import command as hosts_cmd
     from harness.report import command as report_cmd
+    from harness.report import repro_command
     from harness.stress import chaos_command
     from harness.stress import command as hammer_cmd
     if argv[:1] == ["images"]:
