@@ -109,7 +109,7 @@ def summarize(exc: BaseException, machines, artifacts: Path | None,
         text = str(root)
         signature = root.outcome.signature
         # failure_message(): signature, artifacts, then evidence
-        details += [ln for ln in text.splitlines()[2:]]
+        details += [_core_gz(ln) for ln in text.splitlines()[2:]]
     else:
         text = str(root) or type(root).__name__
         signature = _strip_prefix(_first_line(text)) or type(root).__name__
@@ -129,6 +129,13 @@ def summarize(exc: BaseException, machines, artifacts: Path | None,
     return FailureSummary(signature=_truncate(signature), artifacts=artifacts,
                           details=tuple(details), location=location or _raised_at(root),
                           attachments=_attachments(machines), machines=tails)
+
+
+def _core_gz(line: str) -> str:
+    """'core: DIR/core' once the core was packed (harness.evidence) names DIR/core.tar.gz."""
+    if line.startswith("core: ") and not Path(line[6:]).exists() and Path(line[6:] + ".tar.gz").exists():
+        return line + ".tar.gz"
+    return line
 
 
 def _raised_at(e: BaseException) -> str:

@@ -304,7 +304,10 @@ def harness_run(request, harness_config, harness_fleet) -> TestRun:
     if art.exists():  # same test id twice (hammer/repeat): keep both
         art = art.with_name(f"{art.name}-{worker}-{time.monotonic_ns()}")
     placement = _place(request, harness_fleet) if harness_fleet is not None else None
-    run = TestRun(art, placement=placement)
+    from harness.evidence import SharedEvidenceBudget
+    # Cores and backtraces for the first few crashes of each class in the session only.
+    budget = SharedEvidenceBudget(harness_config.artifacts_root / stamp / ".evidence")
+    run = TestRun(art, placement=placement, want_evidence=budget)
     # In JUnit (a property of the item, as junitxml reads them at teardown): where this
     # run's evidence is. Replaced each round when a test is hammered.
     _set_property(request.node, "artifacts", str(art))
@@ -454,6 +457,9 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" and call.excinfo is not None and call.excinfo.errisinstance(MachineFailure):
         from harness.stress.pytest_hammer import record_outcome
         record_outcome(item, report, call.excinfo.value.outcome)
+    if run is not None and report.when == "call" and run.artifacts.is_dir():
+        from harness.evidence import compress_cores
+        compress_cores(run.artifacts)   # after gdb read them; before the message names them
     if run is not None and report.failed:
         if report.when == "call" and call.excinfo is not None:
             _signature_first(item, report, call.excinfo, run)

@@ -3,10 +3,12 @@
 Runs tests/integration/inner/inner_failures.py in a subprocess pytest with a
 private run root, then reads its report and artifacts like a user would.
 """
+import json
 import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -55,7 +57,11 @@ def test_sigabrt_is_a_crash_with_core_and_backtrace(inner_run):
     line = _failure_line(cp.stdout, "test_sigabrt_source_mid_migration")
     assert "crash SIGABRT" in line
     d = _artifact_dir(art, "test_sigabrt_source_mid_migration") / "source"
-    assert (d / "core").stat().st_size > 1 << 20
+    assert not (d / "core").exists()                  # kept gzipped: a light artifact
+    with tarfile.open(d / "core.tar.gz") as t:      # sparse-aware: the holes are not stored
+        m = t.getmember("core")
+        assert m.size > 1 << 20 and t.extractfile(m).read(4) == b"\x7fELF"
+    assert json.loads((d / "outcome.json").read_text())["core"] == str(d / "core.tar.gz")
     bt = (d / "backtrace.txt").read_text()
     assert "Thread" in bt and "#0" in bt
     assert (d / "cmdline.txt").read_text().startswith("/")
@@ -67,7 +73,7 @@ def test_sigsegv_is_a_crash_with_core_and_backtrace(inner_run):
     line = _failure_line(cp.stdout, "test_sigsegv_destination")
     assert "crash SIGSEGV" in line
     d = _artifact_dir(art, "test_sigsegv_destination") / "destination"
-    assert (d / "core").exists() and "#0" in (d / "backtrace.txt").read_text()
+    assert (d / "core.tar.gz").exists() and "#0" in (d / "backtrace.txt").read_text()
 
 
 def test_sigstop_is_a_hang_with_state_dump(inner_run):
