@@ -1,4 +1,4 @@
-"""Exit classification for QEMU processes (design principle 3).
+"""Exit classification for QEMU processes (docs/design.md, principle 3).
 
 Pure functions only: no processes, no files.  The ``Machine`` class gathers the
 evidence (return code, stderr, core file, gdb backtrace, hang description) and
