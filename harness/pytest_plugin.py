@@ -495,7 +495,10 @@ def _signature_first(item, report, excinfo, run: TestRun) -> None:
     report.longrepr = ReprExceptionInfo(
         reprtraceback=ReprTraceback([ReprEntryNative([ln + "\n" for ln in lines])], None, "native"),
         reprcrash=ReprFileLocation(crash.path if crash else str(item.path),
-                                   crash.lineno if crash else 0, signature))
+                                   crash.lineno if crash else 0,
+                                   # JUnit's message names the evidence too; pytest's summary
+                                   # line shows the first line only
+                                   f"{signature}\n{lines[1]}"))
     # A plain attribute: xdist ships it to the controller with the report.
     report.harness_system_out = summary.system_out()
 

@@ -29,7 +29,7 @@ def test_signature_first_in_summary_and_junit(inner_pytest):
     # what the source saw, then what the destination said: the real cause
     assert msg.startswith("source: migration failed: "), msg
     assert "destination: Machine type received is 'pc-q35-" in msg, msg
-    assert text[0] == msg
+    assert msg.splitlines() == text[:2]                       # signature, then artifacts
     assert text[1].startswith("artifacts: ") and Path(text[1][len("artifacts: "):]).is_dir()
     assert any(ln.startswith("cause: destination: Machine type received") and "machine type mismatch" in ln
                for ln in text), text
@@ -47,7 +47,7 @@ def test_signature_first_in_summary_and_junit(inner_pytest):
     own = cases["test_own_assert"].find("failure")
     assert own.get("message").startswith("AssertionError: assert "), own.get("message")
     lines = own.text.splitlines()
-    assert lines[1].startswith("artifacts: ")
+    assert lines[1].startswith("artifacts: ") and own.get("message").splitlines()[1] == lines[1]
     assert "def test_own_assert" in own.text     # a test's own assert keeps its traceback
 
 
