@@ -27,6 +27,7 @@ from harness.stress.engine import ChaosRecipe, chaos_attempt
 from harness.stress.races import ShutdownRace, shutdown_attempt
 from harness.stress.recipes import (CancelRace, DestinationConfigRace, cancel_attempt,
                                     dest_config_attempt)
+from harness.evidence import compress_cores
 from harness.stress.display import Display, HammerStatus
 from harness.stress.triage import AttemptRecord, EvidenceBudget, Triage
 
@@ -92,6 +93,8 @@ def run_one(recipe, base: MachineSpec, art: Path, seed: int, malloc_perturb: boo
     if outcome.ok and not keep_passing:
         run.discard_artifacts()
         rec.artifacts = None
+    elif rec.evidence:
+        compress_cores(art)   # sparse cores as core.tar.gz: light artifacts to upload
     return rec
 
 
