@@ -11,9 +11,8 @@ from pathlib import Path
 def cache_dir() -> Path:
     base = os.environ.get("HARNESS_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qemu-migration-harness")
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    from harness import dirs
+    return dirs.private_dir(Path(base), "cache dir")   # created 0700; must be ours
 
 
 def file_key(path: str) -> str:

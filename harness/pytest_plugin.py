@@ -197,6 +197,7 @@ def _tags(o) -> tuple[str, ...]:
     return tuple(t for t in (o.host_tags or "").split(",") if t)
 
 
+@pytest.hookimpl(optionalhook=True)   # an xdist hook: -p no:xdist must still work
 def pytest_configure_node(node):  # xdist hook: workers share the controller's run stamp
     node.workerinput[RUN_STAMP_KEY] = node.config._harness_run_stamp
     node.workerinput["harness_seed"] = node.config.option.hammer_seed

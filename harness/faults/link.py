@@ -53,7 +53,10 @@ class LinkFaults:
     tc = "tc"
 
     def __init__(self, run: Runner, interface: str, *, label: str = "host",
-                 chain: str | None = None, timeout: float = CMD_TIMEOUT):
+                 chain: str | None = None, timeout: float = CMD_TIMEOUT, guard=None):
+        # guard: a FaultGuard on the same host (harness.faults.guard). Each fault is
+        # recorded with it before it is applied, so the host undoes it if we die.
+        self._guard = guard
         self.label = label
         self.interface = interface
         # Leading '-' would read as an option to ip/tc/iptables; "." and ".." are not names.
@@ -86,6 +89,7 @@ class LinkFaults:
         The kernel also drops IF's IPv6 addresses (unless keep_addr_on_down is set);
         up() cannot bring those back.
         """
+        self._record("link", [[self.ip, "link", "set", "dev", self.interface, "up"]])
         rc, _out, _err, line = self._try([self.ip, "link", "set", "dev", self.interface, "down"])
         # A timeout or a raising runner leaves the outcome unknown: assume down, restore() ups.
         if rc in (0, -1, 124):
@@ -96,6 +100,7 @@ class LinkFaults:
     def up(self) -> None:
         self._must([self.ip, "link", "set", "dev", self.interface, "up"])
         self._took_down = False
+        self._forget("link")
 
     # ---------------------------------------------------------------- filters
     def drop(self, *, port: int | None = None) -> None:
@@ -148,6 +153,8 @@ class LinkFaults:
                                  f"someone else; refusing to replace it (restore could not "
                                  f"bring it back)")
         self._limited = True
+        self._record("qdisc", [[self.tc, "qdisc", "del", "dev", self.interface, "root",
+                                "handle", QDISC_HANDLE]])
         # tc's "bps" means bytes/s; spelt in bits to leave no doubt.
         self._must([self.tc, "qdisc", "replace", "dev", self.interface, "root",
                     "handle", QDISC_HANDLE, "tbf", "rate", f"{rate_bytes_per_s * 8}bit",
@@ -171,6 +178,7 @@ class LinkFaults:
             rc, _out, err, line = self._try([self.ip, "link", "set", "dev", self.interface, "up"])
             if rc == 0 or _MISSING_DEVICE in err:
                 self._took_down = False
+                self._forget("link")
             else:
                 errors.append(line)
         errors += self._clear_filters(quiet_unless_used=True)
@@ -185,6 +193,25 @@ class LinkFaults:
         self.restore()
 
     # ---------------------------------------------------------------- internals
+    def _record(self, what: str, undo: list[list[str]]) -> None:
+        """Tell the host how to undo a fault before applying it; no guard, no fault."""
+        if self._guard is None:
+            return
+        from harness.faults.guard import GuardError
+        try:
+            self._guard.record(f"{what}:{self.interface}:{self.chain}", undo)
+        except GuardError as exc:
+            raise LinkFaultError(f"{self._where()}: {exc}; not applying the fault") from None
+
+    def _forget(self, what: str) -> None:
+        if self._guard is None:
+            return
+        from harness.faults.guard import GuardError
+        try:
+            self._guard.forget(f"{what}:{self.interface}:{self.chain}")
+        except GuardError:
+            pass        # the guard is gone: it undid (or will undo) the same, harmlessly
+
     def _where(self) -> str:
         return f"{self.label}/{self.interface}"
 
@@ -224,6 +251,8 @@ class LinkFaults:
             self._checked = True
         rules = self._rules()
         self._filtered = True
+        self._record("filter", [self._ipt("-D", *hook) for hook in self._hooks()]
+                     + [self._ipt("-F", self.chain), self._ipt("-X", self.chain)])
         if ["-N", self.chain] not in rules:
             self._must(self._ipt("-N", self.chain))
         for hook in self._hooks():
@@ -262,6 +291,8 @@ class LinkFaults:
                 if rc != 0:
                     errors.append(line)
                     break
+        if not errors:
+            self._forget("filter")
         return errors
 
     def _root_qdisc(self, *, tolerate_missing: bool) -> tuple[str, str]:
@@ -284,11 +315,13 @@ class LinkFaults:
         except LinkFaultError as exc:
             return [] if quiet_unless_used and not self._limited else [str(exc)]
         if handle != QDISC_HANDLE:
+            self._forget("qdisc")
             return []               # not ours (or already gone): leave it
         rc, _out, err, line = self._try([self.tc, "qdisc", "del", "dev", self.interface,
                                          "root", "handle", QDISC_HANDLE])
         if rc != 0 and not (tolerate_missing and _MISSING_DEVICE in err):
             return [line]
+        self._forget("qdisc")
         return []
 
 
@@ -299,4 +332,6 @@ def migration_link(machine) -> LinkFaults:
     if host.is_local or not iface:
         raise ValueError(f"{machine.name}: link faults need an inventory host with a "
                          f"migration_interface (runs on '{host.name}')")
-    return LinkFaults(host.run, iface, label=host.name)
+    # The host side undoes these faults if our connection drops (supervisor guard mode).
+    guard = host.fault_guard() if hasattr(host, "fault_guard") else None
+    return LinkFaults(host.run, iface, label=host.name, guard=guard)

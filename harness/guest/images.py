@@ -220,7 +220,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 def _locked() -> Iterator[Path]:
     """Exclusive build lock on the cache; removes leftovers of crashed builds."""
     root = image_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    _private(root)
     fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -231,6 +231,15 @@ def _locked() -> Iterator[Path]:
         yield root
     finally:
         os.close(fd)
+
+
+def _private(root: Path) -> None:
+    """The cache dir must be ours and not writable by others (created 0700)."""
+    from harness import dirs
+    try:
+        dirs.private_dir(root, "image cache")
+    except dirs.DirError as exc:
+        raise ImageError(str(exc)) from None
 
 
 def _read_manifest(d: Path) -> dict | None:
@@ -254,6 +263,30 @@ def _verify_outputs(d: Path, manifest: dict) -> list[str]:
     return bad
 
 
+# Outputs this process has hashed, by file identity (device, inode, size, mtime, ctime):
+# any write to a file, or a replacement, changes that identity and forces a new hash.
+_hashed: dict[Path, tuple] = {}
+_ALWAYS_HASH = 1 << 20      # small images (the boot sector) are hashed on every use
+
+
+def _intact(d: Path, manifest: dict) -> bool:
+    """Every output still has its manifest sha256 (a zeroed or edited cache is rebuilt)."""
+    for name, info in manifest["outputs"].items():
+        p = d / name
+        try:
+            st = p.stat()
+        except OSError:
+            return False
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if st.st_size > _ALWAYS_HASH and _hashed.get(p) == ident:
+            continue
+        if st.st_size != info.get("size", st.st_size) or _sha256_file(p) != info.get("sha256"):
+            _hashed.pop(p, None)
+            return False
+        _hashed[p] = ident
+    return True
+
+
 def _install(root: Path, tmp: Path, final: Path) -> None:
     """Move a finished build into place atomically (replacing an old one)."""
     if final.exists():
@@ -267,16 +300,20 @@ def _install(root: Path, tmp: Path, final: Path) -> None:
 
 def _build_into(kind: str, key: str, force: bool, builder) -> tuple[Path, dict]:
     """Return the (directory, manifest) for an image, building it if needed."""
+    _private(image_dir())
     final = image_dir() / f"{kind}-{key[:16]}"
     if not force:
         manifest = _read_manifest(final)
-        if manifest is not None and manifest.get("key") == key:
+        if manifest is not None and manifest.get("key") == key and _intact(final, manifest):
             return final, manifest
     with _locked() as root:
         if not force:  # someone else may have built it while we waited
             manifest = _read_manifest(final)
             if manifest is not None and manifest.get("key") == key:
-                return final, manifest
+                if _intact(final, manifest):
+                    return final, manifest
+                log.warning("%s image in %s does not match its manifest sha256: rebuilding",
+                            kind, final)
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{kind}-", dir=root))
         try:
             inputs = builder(tmp)

@@ -37,7 +37,8 @@ CONNECT_TIMEOUT = 15.0
 SPAWN_TIMEOUT = 20.0
 SOCAT_MARKER = "qmh-socat-connecting"
 CORE_FETCH_TIMEOUT = 120.0
-BRIDGE_LINGER = 10.0   # after our side closed, how long the remote side may take to close
+BRIDGE_LINGER = 10.0
+GUARD_TIMEOUT = 30.0   # an answer from the host's fault guard (it starts python first)   # after our side closed, how long the remote side may take to close
 
 
 class _QuietRetries(logging.Filter):
@@ -88,7 +89,12 @@ class SSHHost(Host):
         self._lock = threading.Lock()
         self._sftp: paramiko.SFTPClient | None = None
         self._streamlocal: bool | None = None  # None: not tried yet
-        self._staged: dict[tuple, str] = {}
+        self._local_digests: dict[tuple, str] = {}   # (path, size, mtime) -> sha256 of a local image
+        self._uid: int | None = None
+        self._guard = None
+        self._guard_lock = threading.Lock()
+        self._checked_dirs: set[str] = set()
+        self._guarded_dirs: set[str] = set()
 
     # ------------------------------------------------------------------ connection
     @property
@@ -139,7 +145,25 @@ class SSHHost(Host):
         client.get_transport().set_keepalive(5)
         return client
 
+    def fault_guard(self):
+        """The host-side guard of this connection (supervisor.py in guard mode): faults
+        recorded with it are undone on the host when this connection drops."""
+        from harness.faults.guard import FaultGuard
+        with self._guard_lock:
+            if self._guard is not None and not self._guard.closed:
+                return self._guard
+            chan = self._exec(f"exec {shlex.quote(self.entry.python)} -c {shlex.quote(SUPERVISOR_SRC)}")
+            chan.settimeout(GUARD_TIMEOUT)
+            chan.sendall(b'{"guard": true}\n')
+            reader = chan.makefile("rb")
+            self._guard = FaultGuard(chan.sendall, reader.readline, chan.close, label=self.name)
+            return self._guard
+
     def close(self) -> None:
+        with self._guard_lock:
+            if self._guard is not None:
+                self._guard.close()     # the host undoes what is still recorded
+                self._guard = None
         with self._lock:
             if self._client is not None:
                 self._client.close()
@@ -210,6 +234,7 @@ class SSHHost(Host):
     def make_run_dir(self, prefix: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", prefix)[:24]
         sftp = self.sftp()
+        self._check_run_root(sftp)
         for _ in range(20):
             path = f"{self.tmp_root}/qmh-{safe}-{secrets.token_hex(4)}"
             try:
@@ -217,12 +242,47 @@ class SSHHost(Host):
             except IOError:
                 continue
             sftp.chmod(path, 0o700)       # mkdir's mode is filtered by the server's umask
+            if self._uid is None:         # we just made it: its owner is us
+                self._uid = sftp.stat(path).st_uid
+            # Removed by the host's guard if our connection drops (a machine's run dir
+            # also by its supervisor's watchdog; staged credentials, COLO and cpr work
+            # dirs have no supervisor).
+            self._guard_dir(path)
             return Path(path)
         raise HostError(f"host '{self.name}': cannot create a run dir in {self.tmp_root}")
+
+    def _check_run_root(self, sftp: paramiko.SFTPClient) -> None:
+        """The run root is a shared sticky dir (/tmp) or a private one of ours."""
+        if self.tmp_root in self._checked_dirs:
+            return
+        try:
+            a = sftp.stat(self.tmp_root)
+        except IOError:
+            raise HostError(f"host '{self.name}': run_root {self.tmp_root} does not exist") from None
+        mode = a.st_mode or 0
+        if not (mode & stat.S_ISVTX and mode & 0o002):   # not /tmp-like: must be ours, private
+            self._private_dir(self.tmp_root, "run_root")
+        self._checked_dirs.add(self.tmp_root)
+
+    def _guard_dir(self, path: str) -> None:
+        from harness.faults.guard import GuardError
+        try:
+            self.fault_guard().record(f"dir:{path}", [["rm", "-rf", "--", path]])
+        except (GuardError, HostError) as exc:
+            self._sftp_rmtree(self.sftp(), path)
+            raise HostError(f"host '{self.name}': cannot guard run dir {path}: {exc}") from None
+        self._guarded_dirs.add(path)
 
     def remove_run_dir(self, path: Path) -> None:
         if not path.name.startswith("qmh-") or str(path.parent) != self.tmp_root:
             raise HostError(f"refusing to remove {self.name}:{path}: not a harness run dir")
+        if str(path) in self._guarded_dirs:
+            self._guarded_dirs.discard(str(path))
+            from harness.faults.guard import GuardError
+            try:
+                self.fault_guard().forget(f"dir:{path}")
+            except (GuardError, HostError):
+                pass
         try:
             self._sftp_rmtree(self.sftp(), str(path))
         except IOError:   # something SFTP cannot remove (odd permissions): the shell can
@@ -242,26 +302,75 @@ class SSHHost(Host):
         sftp.rmdir(path)
 
     def stage_file(self, local: Path) -> Path:
-        """Copy a guest image to the host once (content-addressed); return its path there."""
+        """Copy a guest image to the host (content-addressed); return its path there.
+
+        Every reuse is checked by sha256 on the host (a zeroed or truncated copy made
+        every later test a false hang): a copy that differs is sent again. The cache
+        dir must be ours and private, like the run dirs beside it."""
         st = local.stat()
         key = (str(local), st.st_size, st.st_mtime_ns)
-        if key in self._staged:
-            return Path(self._staged[key])
-        digest = hashlib.sha256(local.read_bytes()).hexdigest()[:16]
+        digest = self._local_digests.get(key)
+        if digest is None:
+            digest = self._local_digests[key] = hashlib.sha256(local.read_bytes()).hexdigest()
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", local.name)
         rdir = f"{self.tmp_root}/qmh-images"
-        remote = f"{rdir}/{digest}-{name}"
+        remote = f"{rdir}/{digest[:16]}-{name}"
+        self._private_dir(rdir, "image cache")
+        if self._remote_sha256(remote, st.st_size) != digest:
+            tmp = f"{remote}.{os.getpid()}.{threading.get_ident()}.part"
+            self.sftp().put(str(local), tmp)
+            self.sftp().chmod(tmp, 0o600)
+            self.sftp().posix_rename(tmp, remote)   # atomic: parallel workers may race here
+        return Path(remote)
+
+    def _remote_sha256(self, path: str, size: int) -> str | None:
+        """sha256 of a file on the host; None if it is missing or has another size."""
         sftp = self.sftp()
         try:
-            if sftp.stat(remote).st_size != st.st_size:
-                raise FileNotFoundError(remote)
-        except (FileNotFoundError, IOError):
-            self.check(["mkdir", "-p", "-m", "700", rdir])
-            tmp = f"{remote}.{os.getpid()}.{threading.get_ident()}.part"
-            sftp.put(str(local), tmp)
-            sftp.posix_rename(tmp, remote)   # atomic: parallel workers may race here
-        self._staged[key] = remote
-        return Path(remote)
+            if sftp.stat(path).st_size != size:
+                return None
+        except IOError:
+            return None
+        if size <= 1 << 20:   # small (the boot sector): read it, one round trip
+            try:
+                with sftp.open(path, "rb") as f:
+                    return hashlib.sha256(f.read()).hexdigest()
+            except IOError:
+                return None
+        rc, out, _err = self.run(["sha256sum", "--", path], 120)
+        return out.split()[0] if rc == 0 and out.split() else None
+
+    def remote_uid(self) -> int:
+        """Our uid on the host (owner checks of shared dirs)."""
+        if self._uid is None:
+            self._uid = int(self.check(["id", "-u"]).strip())
+        return self._uid
+
+    def _private_dir(self, path: str, what: str) -> None:
+        """Create path 0700, or check that the existing one is ours and not writable by
+        others: never trust a dir somebody else made in a shared run root (/tmp)."""
+        if path in self._checked_dirs:
+            return
+        sftp = self.sftp()
+        try:
+            sftp.mkdir(path, 0o700)
+            sftp.chmod(path, 0o700)       # mkdir's mode is filtered by the server's umask
+        except IOError:
+            pass                          # exists (checked below) or cannot be made (stat says)
+        try:
+            a = sftp.stat(path)
+        except IOError as exc:
+            raise HostError(f"host '{self.name}': {what} {path}: cannot create it: {exc}") from None
+        uid = self.remote_uid()
+        if not stat.S_ISDIR(a.st_mode or 0):
+            raise HostError(f"host '{self.name}': {what} {path} is not a directory")
+        if a.st_uid != uid:
+            raise HostError(f"host '{self.name}': {what} {path} is owned by uid {a.st_uid}, not by "
+                            f"us (uid {uid}): refusing to use it")
+        if (a.st_mode or 0) & 0o022:
+            raise HostError(f"host '{self.name}': {what} {path} is writable by others "
+                            f"(mode {stat.S_IMODE(a.st_mode):04o}): refusing to use it")
+        self._checked_dirs.add(path)
 
     def put_file(self, local: Path, path: Path, mode: int = 0o600) -> None:
         sftp = self.sftp()

@@ -11,8 +11,16 @@ and must not import harness. Protocol (one SSH exec channel):
 
 The watchdog: stdin reaching EOF means the SSH session is gone (controller
 killed, link cut, channel closed); the supervisor then SIGKILLs the child's
-process group and waits for it. The child also gets PR_SET_PDEATHSIG, so a
-killed supervisor takes QEMU with it.
+process group, waits for it and removes its run dir (cwd, a qmh-* dir). The
+child also gets PR_SET_PDEATHSIG, so a killed supervisor takes QEMU with it.
+
+Guard mode (first line {"guard": true}): the host side of fault cleanup. The
+controller records how to undo each fault *before* applying it,
+{"record": KEY, "undo": [ARGV, ...]}, and drops the record once it undid the
+fault itself, {"forget": KEY}; each is acknowledged with {"ok": KEY}. At EOF
+(the controller's connection dropped) every record still held is undone, newest
+first, each command bounded: an iptables chain, a downed link or a qdisc never
+outlives the controller that made it.
 """
 import json
 import os
@@ -59,8 +67,45 @@ def _returncode(status):
     return os.WEXITSTATUS(status)
 
 
+def guard():
+    """Hold undo commands; run the ones still held when the session drops."""
+    import subprocess
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # sshd closing the session must not stop us
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    held = {}
+    for line in sys.stdin.buffer:
+        req = json.loads(line)
+        key = req.get("record", req.get("forget"))
+        if "record" in req:
+            held.pop(key, None)
+            held[key] = req["undo"]          # newest last
+        else:
+            held.pop(key, None)
+        try:
+            _emit({"ok": key})
+        except OSError:
+            break
+    for key in reversed(list(held)):
+        for argv in held[key]:
+            try:
+                subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=15)
+            except (OSError, subprocess.SubprocessError):
+                pass
+
+
+def _remove_run_dir(cwd):
+    """The session is gone, so is anyone who would read this run dir: remove it."""
+    import shutil
+    if os.path.basename(os.path.normpath(cwd)).startswith("qmh-"):
+        shutil.rmtree(cwd, ignore_errors=True)
+
+
 def main():
     spec = json.loads(sys.stdin.buffer.readline())
+    if spec.get("guard"):
+        guard()
+        return
     r_err, w_err = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -90,6 +135,7 @@ def main():
                     except ProcessLookupError:
                         pass
                     os.waitpid(pid, 0)
+                _remove_run_dir(spec["cwd"])
                 return
             buf += chunk
             while b"\n" in buf:

@@ -81,3 +81,25 @@ def test_exec_failure_is_reported_as_127(tmp_path):
     assert "cannot start /nonexistent/qemu" in "".join(m.get("err", "") for m in msgs)
     p.stdin.close()
     p.wait(10)
+
+
+def test_guard_undoes_what_is_still_recorded_when_the_session_drops(tmp_path):
+    from harness.faults.guard import local_guard
+    g = local_guard(sys.executable, SRC)
+    done, kept = tmp_path / "undone", tmp_path / "forgotten"
+    g.record("filter:mig0", [["sh", "-c", f"echo 1 >> {done}"], ["sh", "-c", f"echo 2 >> {done}"]])
+    g.record("link:mig0", [["touch", str(kept)]])
+    g.forget("link:mig0")               # the controller undid this one itself
+    g.close()                           # the connection drops
+    assert done.read_text() == "1\n2\n"  # in order, once
+    assert not kept.exists()
+
+
+def test_watchdog_removes_the_run_dir_when_the_session_drops(tmp_path):
+    run_dir = tmp_path / "qmh-vm-1234"
+    run_dir.mkdir()
+    p = start(run_dir, ["sleep", "60"])
+    assert "pid" in json.loads(p.stdout.readline())
+    p.stdin.close()
+    p.wait(20)
+    assert not run_dir.exists()
