@@ -61,7 +61,8 @@ class LocalHost(Host):
         self.tmp_root = tmp_root
 
     def spawn(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
-              stdout: Path, stderr: Path, pass_fds: Sequence[int] = ()) -> Process:
+              stdout: Path, stderr: Path, pass_fds: Sequence[int] = (),
+              core_dumps: bool = True) -> Process:
         full_env = dict(os.environ)
         full_env.update(env)
         with open(stdout, "ab") as out, open(stderr, "ab") as err:
@@ -69,7 +70,7 @@ class LocalHost(Host):
                 popen = subprocess.Popen(
                     list(argv), cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, pass_fds=tuple(pass_fds),
-                    start_new_session=True, preexec_fn=qemu_preexec())
+                    start_new_session=True, preexec_fn=qemu_preexec(cores=core_dumps))
             except OSError as exc:
                 raise HostError(f"cannot start {argv[0]}: {exc.strerror}") from exc
         proctree.track_group(popen.pid)   # killed with its group if we are interrupted

@@ -213,7 +213,9 @@ class SSHHost(Host):
 
     # ------------------------------------------------------------------ processes
     def spawn(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
-              stdout: Path, stderr: Path, pass_fds: Sequence[int] = ()) -> Process:
+              stdout: Path, stderr: Path, pass_fds: Sequence[int] = (),
+              core_dumps: bool = True) -> Process:
+        # core_dumps=False is a local speed-up only: the remote supervisor always enables cores.
         if pass_fds:
             raise HostError(f"host '{self.name}': file descriptors cannot be passed to a remote QEMU")
         chan = self._exec(f"exec {shlex.quote(self.entry.python)} -c {shlex.quote(SUPERVISOR_SRC)}")

@@ -27,6 +27,9 @@ class RunPaths:
     def extra_qmp(self, i: int) -> Path:
         return self.run_dir / f"qmp{i + 1}.sock"
 
+    def raw_qmp(self, i: int) -> Path:
+        return self.run_dir / f"raw{i}.sock"
+
     @property
     def serial(self) -> Path:
         return self.run_dir / "serial.sock"
@@ -65,6 +68,9 @@ def build_argv(spec: MachineSpec, paths: RunPaths, guest: GuestFiles) -> list[st
     for i in range(spec.extra_monitors):
         argv += ["-chardev", f"socket,id=qmp{i + 1},path={qemu_opt(paths.extra_qmp(i))}{mode}",
                  "-mon", f"chardev=qmp{i + 1},mode=control"]
+    for i in range(spec.raw_monitors):
+        argv += ["-chardev", f"socket,id=raw{i},path={qemu_opt(paths.raw_qmp(i))}{mode}",
+                 "-mon", f"chardev=raw{i},mode=control"]
     argv += ["-chardev", f"socket,id=serial0,path={qemu_opt(paths.serial)}{mode}",
              "-serial", "chardev:serial0"]
     argv += _guest_args(spec, guest)

@@ -62,6 +62,9 @@ class Machine:
         self.proc: Process | None = None
         self.qmp: Monitor | None = None
         self.extra_qmp: list[Monitor] = []
+        # Monitors left to the caller as connected sockets (no QMP client attached):
+        # race recipes speak raw QMP on them (harness.stress.pump).
+        self.raw_monitors: list = []
         self.serial: SerialConsole | None = None
         self.argv: list[str] = []
         self.outcome: Outcome | None = None
@@ -104,21 +107,19 @@ class Machine:
             (self.artifacts / "env.txt").write_text(
                 "".join(f"{k}={v}\n" for k, v in sorted(env.items())))
         if not self.host.qemu_listens:
-            self._listeners = [listen_unix(paths.qmp),
-                               *[listen_unix(paths.extra_qmp(i)) for i in range(self.spec.extra_monitors)],
-                               listen_unix(paths.serial)]
+            self._listeners = [listen_unix(p) for p in self._socket_paths(paths)]
         try:
             self.proc = self.host.spawn(self.argv, cwd=self.run_dir, env=env,
                                         stdout=self.artifacts / "stdout.log",
-                                        stderr=self.stderr_path)
+                                        stderr=self.stderr_path, core_dumps=self._core_dumps())
             (self.artifacts / "pid").write_text(f"{self.proc.pid}\n")
             deadline = time.monotonic() + QMP_CONNECT_TIMEOUT
-            # QEMU opens its chardevs in command-line order: QMP, extra monitors, serial.
-            # Connect them all before reading the greeting: a listening QEMU (wait=on)
-            # only enters its main loop, and greets, once every socket has a client.
+            # QEMU opens its chardevs in command-line order: QMP, extra monitors, raw
+            # monitors, serial. Connect them all before reading the greeting: a listening
+            # QEMU (wait=on) only enters its main loop, and greets, once every socket has a client.
             what = ["QMP monitor", *[f"extra QMP monitor {i + 1}" for i in range(self.spec.extra_monitors)],
-                    "serial chardev"]
-            socks = [paths.qmp, *[paths.extra_qmp(i) for i in range(self.spec.extra_monitors)], paths.serial]
+                    *[f"raw QMP monitor {i}" for i in range(self.spec.raw_monitors)], "serial chardev"]
+            socks = self._socket_paths(paths)
             conns = []
             for i, path in enumerate(socks):
                 c = self._connect(i, path, deadline)
@@ -134,7 +135,9 @@ class Machine:
                 # machine: a missing BIOS shows up as a lost greeting. Say why it died.
                 raise LaunchError(self._launch_failure(f"no QMP greeting ({exc})")) from None
             self.exe = self.host.real_exe(self.proc.pid, self.spec.binary)
-            for i, c in enumerate(conns[1:-1]):
+            n_extra = self.spec.extra_monitors
+            self.raw_monitors = conns[1 + n_extra:-1]
+            for i, c in enumerate(conns[1:1 + n_extra]):
                 mon = Monitor(f"{self.name}-mon{i + 1}", self.artifacts / f"qmp{i + 1}.jsonl",
                               self.qmp_timeout)
                 mon.attach(c, timeout=QMP_CONNECT_TIMEOUT)
@@ -145,6 +148,15 @@ class Machine:
             raise
         self._close_listeners()
         return self
+
+    def _core_dumps(self) -> bool:
+        """An evidence budget may also say whether this launch needs a core at all."""
+        wanted = getattr(self.want_evidence, "cores_wanted", None)
+        return True if wanted is None else bool(wanted())
+
+    def _socket_paths(self, paths: RunPaths) -> list[Path]:
+        return [paths.qmp, *[paths.extra_qmp(i) for i in range(self.spec.extra_monitors)],
+                *[paths.raw_qmp(i) for i in range(self.spec.raw_monitors)], paths.serial]
 
     def _connect(self, index: int, path: Path, deadline: float):
         """The index-th socket: accept QEMU's connection locally, or connect to QEMU's."""
@@ -312,6 +324,9 @@ class Machine:
         for mon in [self.qmp, *self.extra_qmp]:
             if mon is not None:
                 mon.close()
+        for sock in self.raw_monitors:
+            sock.close()
+        self.raw_monitors = []
         if self.serial is not None:
             self.serial.close()
             self.serial = None

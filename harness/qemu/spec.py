@@ -50,6 +50,7 @@ class MachineSpec:
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     extra_monitors: int = 0              # more QMP monitors (race recipes)
+    raw_monitors: int = 0                # QMP monitors handed over as plain sockets (race pumps)
     accel_props: str = ""                # appended to -accel, e.g. "dirty-ring-size=4096"
 
     def __post_init__(self):
@@ -70,6 +71,8 @@ class MachineSpec:
             raise SpecError("machine spec: extra_args must be a tuple of strings")
         if self.extra_monitors < 0:
             raise SpecError("machine spec: extra_monitors must be >= 0")
+        if self.raw_monitors < 0:
+            raise SpecError("machine spec: raw_monitors must be >= 0")
 
     def with_(self, **changes) -> "MachineSpec":
         return replace(self, **changes)

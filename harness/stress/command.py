@@ -52,10 +52,12 @@ def add_parser(sub) -> None:
                    help="shutdown-race: how QEMU is brought down")
     p.add_argument("--state", choices=[s.value for s in RaceState], default="idle",
                    help="shutdown-race: what QEMU is doing when it goes down")
-    p.add_argument("--monitors", type=int, default=2,
-                   help="shutdown-race: QMP monitors flooding queries at once")
-    p.add_argument("--flood", type=int, default=32,
-                   help="shutdown-race: queries kept in flight per monitor")
+    p.add_argument("--monitors", type=int, default=1,
+                   help="shutdown-race: raw QMP monitors, each preloaded with queries")
+    p.add_argument("--flood", type=int, default=2000,
+                   help="shutdown-race: requests preloaded per monitor, in flight through the shutdown")
+    p.add_argument("--no-oob", action="store_true",
+                   help="shutdown-race: do not negotiate out-of-band on the monitors")
     p.add_argument("--commands", default="query-migrate",
                    help=f"comma-separated queries, e.g. {','.join(MIGRATION_QUERIES)}")
     p.add_argument("--random", action="store_true", help="draw method/state/monitors per attempt")
@@ -77,7 +79,7 @@ def _recipe(args):
     if args.recipe == "dest-config-race":
         return DestinationConfigRace()
     return ShutdownRace(method=ShutdownMethod(args.method), state=RaceState(args.state),
-                        monitors=args.monitors, flood=args.flood,
+                        monitors=args.monitors, flood=args.flood, oob=not args.no_oob,
                         commands=tuple(c.strip() for c in args.commands.split(",") if c.strip()),
                         randomize=args.random)
 

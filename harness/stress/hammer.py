@@ -110,7 +110,9 @@ def _worker(wid: int, recipe, cfg: HammerConfig, deadline: float | None, max_att
     # Dies with the controller; Ctrl-C/SIGTERM: QEMUs and run dirs go, no traceback.
     proctree.become_worker(parent)
     quiet_expected_noise()
-    budget = EvidenceBudget(cfg.evidence_per_class)
+    # The per-class evidence budget is shared out over the workers: a core + gdb
+    # backtrace costs ~2 s on a loaded machine, and N copies of the same one add nothing.
+    budget = EvidenceBudget(max(1, -(-cfg.evidence_per_class // cfg.parallel)))
     i = 0
     while not stop.is_set():
         if deadline is not None and time.time() >= deadline:

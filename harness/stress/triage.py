@@ -98,12 +98,28 @@ class Triage:
 
 
 class EvidenceBudget:
-    """Core + gdb cost ~0.5 s a crash: collect them for the first few crashes of
+    """Core + gdb cost ~0.5-2 s a crash: collect them for the first few crashes of
     each (signal, assertion) class only, so hammering stays fast."""
 
-    def __init__(self, per_class: int = 3):
+    def __init__(self, per_class: int = 3, sample_every: int = 8):
         self.per_class = per_class
+        self.sample_every = sample_every
         self.seen: dict[tuple, int] = {}
+        self.launches = 0
+        self.hungry = False   # the last crash's class still wants evidence
+
+    def _limit(self, key: tuple) -> int:
+        # Without an assertion line only the backtrace tells crashes apart.
+        return self.per_class if key[1] else self.per_class * 10
+
+    def cores_wanted(self) -> bool:
+        """Should the next QEMU dump core if it crashes? Writing a core costs ~0.3 s at
+        exit (twice a whole clean attempt) even when nobody reads it. Cores stay on
+        until per_class crashes were seen, while the last crash's class is short of
+        evidence, and on one launch in sample_every (so a new class gets its core)."""
+        self.launches += 1
+        crashes = sum(n for (rc, _), n in self.seen.items() if rc is not None and rc < 0)
+        return crashes < self.per_class or self.hungry or self.launches % self.sample_every == 0
 
     def __call__(self, rc: int, stderr: str) -> bool:
         from harness.qemu.outcome import normalize_assertion, parse_assertion
@@ -111,6 +127,7 @@ class EvidenceBudget:
         key = (rc, normalize_assertion(a) if a else None)
         n = self.seen.get(key, 0)
         self.seen[key] = n + 1
-        # Without an assertion line only the backtrace tells crashes apart.
-        limit = self.per_class if key[1] else self.per_class * 10
-        return n < limit
+        want = n < self._limit(key)
+        if rc is not None and rc < 0:
+            self.hungry = n + 1 < self._limit(key)
+        return want
