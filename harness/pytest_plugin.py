@@ -50,7 +50,9 @@ def pytest_addoption(parser):
     g.addoption("--hammer-time", type=float, default=None, metavar="SECONDS",
                 help="repeat the selected tests until SECONDS have passed")
     g.addoption("--until-crash", action="store_true",
-                help="stop the session at the first QEMU crash or hang")
+                help="stop the session at the first QEMU crash, hang or lost VM (known bug or not)")
+    g.addoption("--until-new", action="store_true",
+                help="stop the session at the first crash, hang or lost VM no known bug explains")
     g.addoption("--no-malloc-perturb", action="store_true",
                 help="do not set a random MALLOC_PERTURB_ for each QEMU")
     g.addoption("--keep-artifacts", action="store_true",
@@ -455,9 +457,11 @@ def pytest_runtest_makereport(item, call):
         from harness.stress.known_bugs import KnownBugReproduced
         if call.excinfo.errisinstance(KnownBugReproduced):
             report.wasxfail = str(call.excinfo.value)  # which bug, seen where
-    if report.when == "call" and call.excinfo is not None and call.excinfo.errisinstance(MachineFailure):
-        from harness.stress.pytest_hammer import record_outcome
-        record_outcome(item, report, call.excinfo.value.outcome)
+    if run is not None and (report.when == "call" or (report.when == "setup" and report.failed)):
+        # Every crash, hang or lost VM of this run (and of its inner attempts) is a
+        # hit for the triage, whatever the test's xfail status.
+        from harness.stress.pytest_hammer import record_hits
+        record_hits(report, run)
     if run is not None and report.when == "call" and run.artifacts.is_dir():
         from harness.evidence import compress_cores
         compress_cores(run.artifacts)   # after gdb read them; before the message names them

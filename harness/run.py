@@ -59,6 +59,9 @@ class TestRun:
         self.finished = False
         self.children: list[TestRun] = []
         self.staged_dirs: list[tuple[Host, Path]] = []
+        # Known QEMU bugs this test declares (objects with .matches(signature), .url):
+        # hits matching one are triaged as known, not new.
+        self.known_bugs: tuple = ()
 
     def child(self, name: str) -> "TestRun":
         """A nested run (one hammer attempt inside a test); torn down with its parent."""
@@ -66,6 +69,12 @@ class TestRun:
                     placement=self.placement)
         self.children.append(c)
         return c
+
+    def worst_outcome(self) -> Outcome | None:
+        """The one failure that names this run: a crash before a hang before the rest."""
+        bad = [o for o in self.outcomes.values() if o.is_failure]
+        bad.sort(key=lambda o: {OutcomeKind.CRASH: 0, OutcomeKind.HANG: 1}.get(o.kind, 2))
+        return bad[0] if bad else None
 
     def all_machines(self) -> list[Machine]:
         return self.machines + [m for c in self.children for m in c.all_machines()]

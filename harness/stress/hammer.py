@@ -112,7 +112,9 @@ def _worker(wid: int, recipe, cfg: HammerConfig, deadline: float | None, max_att
     quiet_expected_noise()
     # The per-class evidence budget is shared out over the workers: a core + gdb
     # backtrace costs ~2 s on a loaded machine, and N copies of the same one add nothing.
-    budget = EvidenceBudget(max(1, -(-cfg.evidence_per_class // cfg.parallel)))
+    # Cores are sampled (EvidenceBudget.cores_wanted): a race recipe crashing on most
+    # attempts would otherwise spend more time writing unread cores than racing.
+    budget = EvidenceBudget(max(1, -(-cfg.evidence_per_class // cfg.parallel)), sample_every=8)
     i = 0
     while not stop.is_set():
         if deadline is not None and time.time() >= deadline:

@@ -1,9 +1,15 @@
 """Hammering any test from pytest: --hammer N, --hammer-time S, --until-crash,
-MALLOC_PERTURB_ per test, and the end-of-session triage table.
+--until-new, MALLOC_PERTURB_ per test, and the end-of-session triage table.
 
 Registered by harness.pytest_plugin; works alone and under pytest-xdist (the
-copies spread over workers; signatures come back in report user_properties
-and are merged on the controller).
+copies spread over workers; hits come back in report user_properties and are
+merged on the controller).
+
+What is counted: every crash, hang or lost VM of a test run is a hit with its
+signature, whether the test then passed, failed or xfailed; a hit matching a
+known bug the test declares (TestRun.known_bugs) is marked known with the
+bug's reference. A test that loops over inner attempts (one child TestRun per
+attempt, as the race tests do) counts each of them, so rates are per attempt.
 """
 from __future__ import annotations
 
@@ -13,11 +19,10 @@ import time
 import pytest
 from _pytest.runner import runtestprotocol
 
-from harness.stress.triage import AttemptRecord, Triage
+from harness.stress.triage import HIT_KINDS, Triage
 
-SIG_PROP = "harness_signature"
-KIND_PROP = "harness_kind"
-ART_PROP = "artifacts"
+HITS_PROP = "harness_hits"          # JSON list: one {signature, kind, known, artifacts} per failed attempt
+ATTEMPTS_PROP = "harness_attempts"  # inner attempts this test run made (1 for a plain test)
 
 
 class HammerPlugin:
@@ -27,6 +32,7 @@ class HammerPlugin:
         self.count = o.hammer
         self.seconds = o.hammer_time
         self.until_crash = o.until_crash
+        self.until_new = o.until_new
         self.deadline = time.time() + self.seconds if self.seconds else None
         self.triage = Triage()
         self.t0 = time.time()
@@ -60,12 +66,12 @@ class HammerPlugin:
             # Tear the item down after every round (never pass item itself as
             # nextitem: its fixtures would survive and setup would be skipped).
             reports = runtestprotocol(item, nextitem=nextitem, log=True)
-            if last or any(self._is_crash(r) for r in reports):
-                if not last and self.until_crash:
-                    item.session.shouldstop = self.stop_reason or "until-crash"
-                    break
-                if last:
-                    break
+            if last:
+                break
+            reason = next(filter(None, (self._stop_for(r) for r in reports)), None)
+            if reason:
+                item.session.shouldstop = self.stop_reason or reason
+                break
             item._initrequest()  # fresh function-scoped fixtures for the next round
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return True
@@ -73,29 +79,31 @@ class HammerPlugin:
     def _stopping(self, item) -> bool:
         return bool(item.session.shouldstop)
 
-    @staticmethod
-    def _is_crash(report) -> bool:
-        props = dict(report.user_properties)
-        return props.get(KIND_PROP) in ("crash", "hang")
+    def _stop_for(self, report) -> str | None:
+        """--until-crash: any hit stops; --until-new: only a hit no known bug explains."""
+        for h in hits_of(report):
+            if self.until_crash:
+                return f"--until-crash: {h['signature']}" + (" (known)" if h.get("known") else "")
+            if self.until_new and not h.get("known"):
+                return f"--until-new: {h['signature']}"
+        return None
 
     # --- collect signatures ----------------------------------------------
     def pytest_runtest_logreport(self, report):
         if report.when != "call" and not (report.failed and report.when == "setup"):
             return
         props = dict(report.user_properties)
-        sig = props.get(SIG_PROP)
-        kind = props.get(KIND_PROP, "fail" if report.failed else "pass")
-        ok = sig is None
-        node = getattr(report, "node", None)
-        worker = getattr(node, "workerinput", {}).get("workerid", "main") if node else "main"
-        rec = AttemptRecord(worker=worker,
-                            index=0, seed=self.config.option.hammer_seed, variant={"test": report.nodeid},
-                            kind=kind, signature=sig or "", ok=ok, seconds=report.duration,
-                            artifacts=props.get(ART_PROP))
-        self.triage.add(rec, elapsed=time.time() - self.t0)
-        if not ok and kind in ("crash", "hang") and self.until_crash and not self.stop_reason:
-            self.stop_reason = f"--until-crash: {sig}"
-            self._request_stop()
+        hits = hits_of(report)
+        if report.failed and not hits and not hasattr(report, "wasxfail"):
+            # Not a QEMU hit, but the run failed: listed (not counted as a hit).
+            hits = [{"signature": "test failed: " + _first_line(report), "kind": "fail",
+                     "artifacts": props.get("artifacts")}]
+        self.triage.add_run(int(props.get(ATTEMPTS_PROP, 1)), hits, elapsed=time.time() - self.t0)
+        if not self.stop_reason:
+            reason = self._stop_for(report)
+            if reason:
+                self.stop_reason = reason
+                self._request_stop()
 
     def _request_stop(self) -> None:
         dsession = self.config.pluginmanager.getplugin("dsession")
@@ -115,8 +123,10 @@ class HammerPlugin:
             return
         terminalreporter.section("harness triage")
         elapsed = time.time() - self.t0
-        terminalreporter.write_line(f"{self.triage.attempts} test runs in {elapsed:.1f}s, "
-                                    f"seed {self.config.option.hammer_seed}")
+        t = self.triage
+        terminalreporter.write_line(f"{t.runs} test runs, {t.attempts} attempts in {elapsed:.1f}s; "
+                                    f"hits {t.hits()} (known {t.hits(known=True)}, "
+                                    f"new {t.hits(known=False)}); seed {self.config.option.hammer_seed}")
         for line in self.triage.table().splitlines():
             terminalreporter.write_line(line)
         out = self.config._harness_artifacts_root / "triage.json"
@@ -126,10 +136,31 @@ class HammerPlugin:
             terminalreporter.write_line(f"stopped early: {self.stop_reason}")
 
 
-def record_outcome(item, report, outcome) -> None:
-    """Called by the main plugin when a test failed because of a machine's exit."""
-    report.user_properties.append((SIG_PROP, outcome.signature))
-    report.user_properties.append((KIND_PROP, outcome.kind.name.lower()))
+def record_hits(report, run) -> None:
+    """Put this test run's hits and attempt count into the report (worker side)."""
+    attempts = [c for c in run.children] or [run]
+    hits = []
+    for a in attempts:
+        o = a.worst_outcome()
+        if o is None:
+            continue
+        bug = next((b for b in run.known_bugs if b.matches(o.signature)), None)
+        hits.append({"signature": o.signature, "kind": o.kind.name.lower(),
+                     "known": bug.url if bug is not None else None, "artifacts": str(a.artifacts)})
+    props = [(k, v) for k, v in report.user_properties if k not in (HITS_PROP, ATTEMPTS_PROP)]
+    props += [(ATTEMPTS_PROP, len(attempts)), (HITS_PROP, json.dumps(hits))]
+    report.user_properties = props
+
+
+def hits_of(report) -> list[dict]:
+    raw = dict(report.user_properties).get(HITS_PROP)
+    return [h for h in json.loads(raw) if h["kind"] in HIT_KINDS] if raw else []
+
+
+def _first_line(report) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr or "")
+    return (text.strip().splitlines() or ["?"])[0][:200]
 
 
 def to_json(triage: Triage) -> str:

@@ -89,9 +89,12 @@ class ShutdownRace:
 
 
 def _idle_machine(run: TestRun, base: MachineSpec, race: ShutdownRace) -> Machine:
+    # No guest code ever runs: a small TCG translation buffer makes the core QEMU
+    # writes when it crashes ~40 MB of address space instead of ~1 GB (0.1 s, not 0.3 s).
+    props = "tb-size=4" if base.accel == "tcg" else base.accel_props
     spec = base.with_(name="vm", machine_type="none", memory_mib=16,
                       guest=GuestSpec(kind=GuestKind.NONE), paused=True,
-                      raw_monitors=race.monitors, extra_args=())
+                      raw_monitors=race.monitors, extra_args=(), accel_props=props)
     return run.machine(spec)
 
 

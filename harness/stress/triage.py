@@ -9,6 +9,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness.stress.stats import wilson
+
 
 @dataclass
 class AttemptRecord:
@@ -28,6 +30,12 @@ class AttemptRecord:
     notes: list = field(default_factory=list)  # what QEMU did (recipes that observe)
     coverage: list = field(default_factory=list)  # chaos: state-coverage tuples reached
     new_coverage: int = 0                         # chaos: how many were new to this worker
+    known: str | None = None   # the known bug this hit is (its reference), None: new
+
+
+# Kinds that are hits: QEMU crashed, hung, or went away (killed, exited when it
+# should not have). A plain test failure ("fail") is listed but is not a hit.
+HIT_KINDS = frozenset({"crash", "hang", "killed", "error", "unexpected-clean", "unexpected_clean"})
 
 
 @dataclass
@@ -39,29 +47,58 @@ class SignatureStats:
     first_seed: int | None = None
     first_variant: dict = field(default_factory=dict)
     reproducer: str | None = None
+    known: str | None = None   # known bug reference; None: a new finding
+
+    @property
+    def is_hit(self) -> bool:
+        return self.kind in HIT_KINDS
 
 
 class Triage:
+    """Per-attempt counts by signature. An attempt is one try at the race: a CLI
+    hammer attempt, a plain test run, or one inner attempt of a test that loops
+    (the race tests), so rates are per attempt whatever ran them."""
+
     def __init__(self):
         self.attempts = 0
+        self.runs = 0              # test runs (pytest) or attempts (CLI)
         self.by_sig: dict[str, SignatureStats] = {}
         self.first_failure_at: float | None = None
         self.observations: dict[str, int] = {}
         self.coverage: set[str] = set()     # chaos: every coverage tuple any worker reached
 
-    def add(self, rec: AttemptRecord, elapsed: float | None = None) -> SignatureStats | None:
-        self.attempts += 1
+    def add(self, rec: AttemptRecord, elapsed: float | None = None,
+            attempts: int = 1) -> SignatureStats | None:
+        """One attempt (or one test run covering `attempts` inner attempts whose
+        only failure, if any, is rec); returns the signature's stats if not ok."""
+        self.attempts += attempts
+        self.runs += 1
         self.coverage.update(rec.coverage)
         for n in rec.notes:
             self.observations[n] = self.observations.get(n, 0) + 1
         if rec.ok:
             return None
-        st = self.by_sig.get(rec.signature)
+        return self.add_hit(rec.signature, rec.kind, known=rec.known, artifacts=rec.artifacts,
+                            seed=rec.seed, variant=rec.variant, elapsed=elapsed)
+
+    def add_run(self, attempts: int, hits: list[dict], elapsed: float | None = None) -> None:
+        """A test run: its inner attempt count and its hits ({signature, kind, known,
+        artifacts}; one per attempt that failed)."""
+        self.attempts += max(1, attempts)
+        self.runs += 1
+        for h in hits:
+            self.add_hit(h["signature"], h["kind"], known=h.get("known"),
+                         artifacts=h.get("artifacts"), elapsed=elapsed)
+
+    def add_hit(self, signature: str, kind: str, *, known: str | None = None,
+                artifacts: str | None = None, seed: int | None = None, variant: dict | None = None,
+                elapsed: float | None = None) -> SignatureStats:
+        st = self.by_sig.get(signature)
         if st is None:
-            st = self.by_sig[rec.signature] = SignatureStats(rec.signature, rec.kind)
+            st = self.by_sig[signature] = SignatureStats(signature, kind, known=known)
         st.count += 1
-        if st.first_artifacts is None and rec.artifacts:
-            st.first_artifacts, st.first_seed, st.first_variant = rec.artifacts, rec.seed, rec.variant
+        if st.first_artifacts is None and artifacts:
+            st.first_artifacts, st.first_seed, st.first_variant = artifacts, seed, variant or {}
         if self.first_failure_at is None and elapsed is not None:
             self.first_failure_at = elapsed
         return st
@@ -69,17 +106,33 @@ class Triage:
     def count(self, kind: str) -> int:
         return sum(s.count for s in self.by_sig.values() if s.kind == kind)
 
+    def hits(self, known: bool | None = None) -> int:
+        """Hits (crash, hang, lost VM); known=True/False: only known/new ones."""
+        return sum(s.count for s in self.by_sig.values()
+                   if s.is_hit and (known is None or (s.known is not None) == known))
+
     def rows(self) -> list[SignatureStats]:
         return sorted(self.by_sig.values(), key=lambda s: -s.count)
 
+    def rate(self, st: SignatureStats) -> tuple[float, float, float]:
+        """Per-attempt rate of one signature and its 95% Wilson interval."""
+        n = max(self.attempts, st.count)
+        lo, hi = wilson(st.count, n)
+        return st.count / n if n else 0.0, lo, hi
+
     def table(self) -> str:
         if not self.by_sig:
-            return f"no failures in {self.attempts} attempts"
-        lines = [f"{'count':>6} {'rate':>7}  signature", f"{'':>6} {'':>7}  first artifacts | reproducer"]
+            lo, hi = wilson(0, self.attempts)
+            return f"no failures in {self.attempts} attempts (95% interval of the rate {lo:.2%}-{hi:.2%})"
+        lines = [f"{self.attempts} attempts; rate = per attempt, [95% Wilson interval]",
+                 f"{'count':>6} {'rate':>7} {'[95%]':>17}  signature",
+                 f"{'':>6} {'':>7} {'':>17}  first artifacts | reproducer"]
         for s in self.rows():
-            rate = s.count / self.attempts if self.attempts else 0.0
-            lines.append(f"{s.count:>6} {rate:>7.2%}  {s.signature}")
-            lines.append(f"{'':>6} {'':>7}  {s.first_artifacts or '-'} | {s.reproducer or '-'}")
+            rate, lo, hi = self.rate(s)
+            mark = f"known: {s.known}" if s.known else ("NEW" if s.is_hit else "test failure")
+            lines.append(f"{s.count:>6} {rate:>7.2%} {f'[{lo:.1%}-{hi:.1%}]':>17}  {s.signature}")
+            lines.append(f"{'':>6} {'':>7} {'':>17}  {mark}")
+            lines.append(f"{'':>6} {'':>7} {'':>17}  {s.first_artifacts or '-'} | {s.reproducer or '-'}")
         return "\n".join(lines)
 
     def observation_table(self, top: int = 30) -> str:
@@ -87,10 +140,14 @@ class Triage:
         return "\n".join(f"{n:>6}  {text}" for text, n in rows)
 
     def to_json(self) -> dict:
-        return {"attempts": self.attempts, "first_failure_s": self.first_failure_at,
+        sigs = []
+        for s in self.rows():
+            rate, lo, hi = self.rate(s)
+            sigs.append(dict(asdict(s), rate=rate, rate_95=[lo, hi], hit=s.is_hit))
+        return {"attempts": self.attempts, "runs": self.runs, "first_failure_s": self.first_failure_at,
+                "hits": self.hits(), "known_hits": self.hits(known=True), "new_hits": self.hits(known=False),
                 "observations": dict(sorted(self.observations.items(), key=lambda kv: -kv[1])),
-                "signatures": [dict(asdict(s), rate=(s.count / self.attempts if self.attempts else 0.0))
-                               for s in self.rows()]}
+                "signatures": sigs}
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,9 +158,9 @@ class EvidenceBudget:
     """Core + gdb cost ~0.5-2 s a crash: collect them for the first few crashes of
     each (signal, assertion) class only, so hammering stays fast."""
 
-    def __init__(self, per_class: int = 3, sample_every: int = 8):
+    def __init__(self, per_class: int = 3, sample_every: int = 1):
         self.per_class = per_class
-        self.sample_every = sample_every
+        self.sample_every = sample_every   # 1: every QEMU may dump core
         self.seen: dict[tuple, int] = {}
         self.launches = 0
         self.hungry = False   # the last crash's class still wants evidence
@@ -113,13 +170,16 @@ class EvidenceBudget:
         return self.per_class if key[1] else self.per_class * 10
 
     def cores_wanted(self) -> bool:
-        """Should the next QEMU dump core if it crashes? Writing a core costs ~0.3 s at
-        exit (twice a whole clean attempt) even when nobody reads it. Cores stay on
-        until per_class crashes were seen, while the last crash's class is short of
-        evidence, and on one launch in sample_every (so a new class gets its core)."""
+        """Should the next QEMU dump core if it crashes? Writing a core costs 0.1-0.3 s
+        at exit (about a whole clean attempt) even when nobody reads it. With
+        sample_every > 1: cores stay on until per_class crashes were seen and while
+        the last crash's class is short of evidence (a crash without an assertion
+        line and without a core has no frames to be told apart by), and then on one
+        launch in sample_every, so a new class still gets its core within a few hits."""
         self.launches += 1
         crashes = sum(n for (rc, _), n in self.seen.items() if rc is not None and rc < 0)
-        return crashes < self.per_class or self.hungry or self.launches % self.sample_every == 0
+        return (crashes < self.per_class or self.hungry
+                or self.launches % self.sample_every == 0)
 
     def __call__(self, rc: int, stderr: str) -> bool:
         from harness.qemu.outcome import normalize_assertion, parse_assertion
@@ -127,7 +187,6 @@ class EvidenceBudget:
         key = (rc, normalize_assertion(a) if a else None)
         n = self.seen.get(key, 0)
         self.seen[key] = n + 1
-        want = n < self._limit(key)
         if rc is not None and rc < 0:
             self.hungry = n + 1 < self._limit(key)
-        return want
+        return n < self._limit(key)

@@ -50,6 +50,7 @@ def run_catalog_scenario(request, scenario, scenario_env, harness_run, base_spec
     if bug is not None and not bug.affects(scenario_env.src_version):
         bug = None
     if bug is not None:
+        harness_run.known_bugs = (bug,)   # its hits are triaged as known
         # With a signature only that failure is the expected one; anything else fails.
         request.applymarker(pytest.mark.xfail(reason=f"{bug.summary} ({bug.url})", strict=True,
                                               raises=KnownBugHit if bug.signature else None))
