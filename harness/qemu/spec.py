@@ -9,6 +9,10 @@ class SpecError(ValueError):
     """A MachineSpec (or a scenario) is invalid; the message is one line."""
 
 
+class UsageError(SpecError):
+    """A command-line value is wrong: one line on stderr, exit status 2."""
+
+
 class GuestKind(enum.Enum):
     NONE = "none"          # no guest code: firmware only (machine probes)
     BOOTBLOCK = "bootblock"  # qtest-style boot sector dirtying [1 MiB, 100 MiB)

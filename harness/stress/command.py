@@ -1,4 +1,9 @@
-"""`harness hammer shutdown-race ...`: the race recipe from the command line."""
+"""`harness hammer shutdown-race ...`: the race recipe from the command line.
+
+Exit status: 0 nothing was hit; 1 a crash, hang or lost VM was hit (with
+--allow-known: only a hit no known bug explains), or harness errors; 2 usage
+error (bad option values, a --commands name the binary's QMP schema lacks).
+"""
 from __future__ import annotations
 
 import json
@@ -11,7 +16,7 @@ from pathlib import Path
 from harness import dirs, proctree
 from harness.qemu import accel as accel_mod
 from harness.qemu.binary import probe
-from harness.qemu.spec import MachineSpec, SpecError
+from harness.qemu.spec import MachineSpec, SpecError, UsageError
 from harness.report import repro_contract
 from harness.report.reproducer import ExportInfo, export_shutdown_race, run_reproducer
 from harness.stress import display
@@ -47,7 +52,12 @@ def add_parser(sub) -> None:
     p.add_argument("--attempts", type=int, default=None, help="stop after N attempts in total")
     p.add_argument("-j", "--parallel", type=int, default=os.cpu_count() or 1,
                    help="worker processes (default: the CPU count)")
-    p.add_argument("--until-crash", action="store_true", help="stop at the first crash or hang")
+    p.add_argument("--until-crash", action="store_true",
+                   help="stop at the first crash, hang or lost VM (known bug or not)")
+    p.add_argument("--until-new", action="store_true",
+                   help="stop at the first crash, hang or lost VM no known bug explains")
+    p.add_argument("--allow-known", action="store_true",
+                   help="exit 0 when every hit is a known bug (default: any hit exits 1)")
     p.add_argument("--method", choices=[m.value for m in ShutdownMethod], default="sigterm",
                    help="shutdown-race: how QEMU is brought down")
     p.add_argument("--state", choices=[s.value for s in RaceState], default="idle",
@@ -84,18 +94,42 @@ def _recipe(args):
                         randomize=args.random)
 
 
+def _check_commands(recipe, binary: str) -> None:
+    """Every query the recipe floods must exist in the binary's QMP schema."""
+    if not isinstance(recipe, ShutdownRace):
+        return
+    from harness.qemu import capabilities
+    known = capabilities.probe(binary).commands
+    missing = [c for c in recipe.commands if c not in known]
+    if missing:
+        raise UsageError(f"--commands: {', '.join(missing)} not in the QMP schema of {binary} "
+                         f"(query-commands); e.g. {', '.join(MIGRATION_QUERIES)}")
+
+
+def exit_status(triage, allow_known: bool) -> int:
+    """0: nothing hit; 1: hit (or only known hits without --allow-known) or harness errors."""
+    if getattr(triage, "errors", None):
+        return 1
+    hits = triage.hits(known=False) if allow_known else triage.hits()
+    return 1 if hits else 0
+
+
 def main(args) -> int:
     quiet_expected_noise()
     if args.parallel < 1 or args.parallel > 64:
-        raise SpecError(f"--parallel {args.parallel} must be 1..64")
+        raise UsageError(f"--parallel {args.parallel} must be 1..64")
     if args.seconds <= 0:
-        raise SpecError(f"--seconds {args.seconds} must be > 0")
+        raise UsageError(f"--seconds {args.seconds} must be > 0")
     if args.attempts is not None and args.attempts < 1:
-        raise SpecError(f"--attempts {args.attempts} must be >= 1")
-    recipe = _recipe(args)
+        raise UsageError(f"--attempts {args.attempts} must be >= 1")
+    try:
+        recipe = _recipe(args)
+    except SpecError as exc:
+        raise UsageError(str(exc)) from None
     dirs.local_run_root()                          # before any worker or QEMU starts
     dirs.writable_dir(args.artifacts, "--artifacts")
     binary = probe(args.qemu).path
+    _check_commands(recipe, binary)
     base = MachineSpec(binary=binary, accel=accel_mod.resolve(binary, args.accel))
     root = Path(args.artifacts).resolve() / time.strftime("%Y%m%d-%H%M%S")
     with proctree.interruptible(artifacts=root):   # a Ctrl-C names where the evidence is
@@ -108,12 +142,13 @@ def _run(args, recipe, base: MachineSpec, root: Path) -> int:
                       keep_passing=True)
         print(json.dumps({"seed": rec.seed, "variant": rec.variant, "malloc_perturb": rec.malloc_perturb,
                           "signature": rec.signature, "artifacts": rec.artifacts}, indent=2))
-        return 0 if rec.ok else 1
+        return 0 if rec.ok or (args.allow_known and rec.known) else 1
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
     print(f"hammer {getattr(recipe, 'path', args.recipe)} seed {seed} parallel {args.parallel} artifacts {root}",
           file=sys.stderr, flush=True)
     cfg = HammerConfig(base=base, artifacts=root, seconds=args.seconds, attempts=args.attempts,
-                       parallel=args.parallel, until_crash=args.until_crash, seed=seed,
+                       parallel=args.parallel, until_crash=args.until_crash,
+                       until_new=args.until_new, seed=seed,
                        malloc_perturb=not args.no_malloc_perturb)
     triage = hammer(recipe, cfg, display.for_terminal())
     binary = base.binary
@@ -143,6 +178,7 @@ def _run(args, recipe, base: MachineSpec, root: Path) -> int:
     if triage.errors:
         print(f"harness errors: {len(triage.errors)} (first: {triage.errors[0]['error']})")
     print(f"attempts {triage.attempts} in {el:.1f}s; crashes {crashes}; "
+          f"hits {triage.hits()} (known {triage.hits(known=True)}, new {triage.hits(known=False)}); "
           f"first failure at {triage.first_failure_at if triage.first_failure_at is not None else '-'}s")
     cleanup_empty(root)
-    return 0
+    return exit_status(triage, args.allow_known)

@@ -28,13 +28,16 @@ from harness.stress.races import ShutdownRace, shutdown_attempt
 from harness.stress.recipes import (CancelRace, DestinationConfigRace, cancel_attempt,
                                     dest_config_attempt)
 from harness.evidence import compress_cores
+from harness.stress import known_bugs
 from harness.stress.display import Display, HammerStatus
-from harness.stress.triage import AttemptRecord, EvidenceBudget, Triage
+from harness.stress.triage import HIT_KINDS, AttemptRecord, EvidenceBudget, Triage
 
 # recipe type -> attempt function(run, base_spec, variant) -> verdict with
 # .kind (an enum), .signature, .ok and .core (an Outcome, or a chaos Verdict)
 ATTEMPTS: dict[type, Callable] = {ShutdownRace: shutdown_attempt, ChaosRecipe: chaos_attempt,
                                   CancelRace: cancel_attempt, DestinationConfigRace: dest_config_attempt}
+# The known QEMU bugs a recipe hits: its hits matching one are triaged as known.
+KNOWN_BUGS: dict[type, tuple] = {ShutdownRace: known_bugs.SHUTDOWN_FAMILY}
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ class HammerConfig:
     seconds: float | None = 60.0
     attempts: int | None = None
     parallel: int = 2
-    until_crash: bool = False
+    until_crash: bool = False      # stop at the first hit, known or not
+    until_new: bool = False        # stop at the first hit no known bug explains
     seed: int = 0
     malloc_perturb: bool = True
     evidence_per_class: int = 3
@@ -90,6 +94,9 @@ def run_one(recipe, base: MachineSpec, art: Path, seed: int, malloc_perturb: boo
                         malloc_perturb=perturb, evidence=outcome.core is not None,
                         notes=list(getattr(outcome, "notes", [])),
                         coverage=list(getattr(outcome, "coverage", [])), new_coverage=len(new))
+    if not outcome.ok:
+        bug = known_bugs.match(outcome.signature, KNOWN_BUGS.get(type(recipe), ()))
+        rec.known = bug.url if bug is not None else None
     if outcome.ok and not keep_passing:
         run.discard_artifacts()
         rec.artifacts = None
@@ -191,7 +198,8 @@ def _collect(procs, out, stop, cfg: HammerConfig, triage: Triage, errors: list,
             else:
                 rec = AttemptRecord(**msg)
                 triage.add(rec, elapsed=time.time() - t_start)
-                if cfg.until_crash and rec.kind in ("crash", "hang"):
+                hit = not rec.ok and rec.kind in HIT_KINDS
+                if hit and (cfg.until_crash or (cfg.until_new and rec.known is None)):
                     stop.set()
         if progress and time.monotonic() >= next_report:
             progress(_status(triage, errors, time.time() - t_start, cfg))

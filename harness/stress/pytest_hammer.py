@@ -119,8 +119,8 @@ class HammerPlugin:
     def pytest_terminal_summary(self, terminalreporter):
         if hasattr(self.config, "workerinput"):
             return
-        if not self.triage.by_sig and not (self.count > 1 or self.seconds):
-            return
+        if not self.triage.hits() and not (self.count > 1 or self.seconds):
+            return   # an ordinary run without a QEMU hit: pytest's own summary says it all
         terminalreporter.section("harness triage")
         elapsed = time.time() - self.t0
         t = self.triage

@@ -1,4 +1,4 @@
-"""`harness hammer shutdown-race` as a user runs it: triage, reproducer, replay."""
+"""`harness hammer shutdown-race` as a user runs it: triage, reproducer, replay, exit status."""
 import json
 import subprocess
 import sys
@@ -19,7 +19,7 @@ def hammered(tmp_path_factory):
     art = tmp_path_factory.mktemp("hammer")
     cp = run(["hammer", "shutdown-race", "--seconds", "20", "-j", "2", "--until-crash",
               "--seed", "3", "--verify-reproducers", "8", "--artifacts", str(art)])
-    assert cp.returncode == 0, cp.stderr[-2000:]
+    assert cp.returncode == 1, cp.stderr[-2000:]   # it hit something
     (root,) = [d for d in art.iterdir() if d.is_dir()]
     return cp, root
 
@@ -31,6 +31,9 @@ def test_hammer_finds_the_seed_crash_and_triages_it(hammered):
     assert tri["attempts"] >= 1 and tri["signatures"]
     top = tri["signatures"][0]
     assert top["kind"] == "crash" and top["count"] >= 1
+    assert top["known"] and "lore.kernel.org" in top["known"]   # the seed bug, marked known
+    lo, hi = top["rate_95"]
+    assert 0 <= lo <= top["rate"] <= hi <= 1
     first = Path(top["first_artifacts"])
     assert (first / "vm" / "cmdline.txt").exists() and (first / "seed.txt").exists()
     assert (first / "vm" / "backtrace.txt").exists()  # evidence for the first of its class
@@ -63,10 +66,14 @@ def test_replay_of_a_recorded_seed_repeats_the_attempt(hammered, tmp_path):
     (["--monitors", "0"], "monitors 0 must be 1..8"),
     (["-j", "0"], "--parallel 0 must be 1..64"),
     (["--qemu", "/nonexistent"], "does not exist"),
+    (["--attempts", "0"], "--attempts 0 must be >= 1"),
+    (["--seconds", "0"], "--seconds 0.0 must be > 0"),
+    (["--seconds", "-5"], "--seconds -5.0 must be > 0"),
+    (["--commands", "query-migrate,bogus-cmd"], "bogus-cmd not in the QMP schema"),
 ])
-def test_bad_input_is_one_line(args, msg):
+def test_bad_input_is_one_line_and_exit_2(args, msg):
     cp = run(["hammer", "shutdown-race", "--seconds", "1"] + args, timeout=60)
-    assert cp.returncode == 2       # bad input is a usage error
+    assert cp.returncode == 2, cp.stderr
     assert cp.stderr.strip().count("\n") == 0 and msg in cp.stderr, cp.stderr
 
 
@@ -82,3 +89,21 @@ def test_repro_replays_a_recorded_attempt_seed_on_two_binaries(hammered, tmp_pat
     assert js["rows"][0]["attempts"] == 6 and js["rows"][0]["version"]
     assert cp.returncode == (1 if js["rows"][0]["hits"] else 0)
     assert "socket.send() raised exception" not in cp.stderr
+
+
+def test_nothing_hit_exits_0(tmp_path):
+    # query-status does not touch the migration object: no crash expected at shutdown.
+    cp = run(["hammer", "shutdown-race", "--attempts", "4", "-j", "2", "--commands", "query-status",
+              "--no-malloc-perturb", "--artifacts", str(tmp_path)])
+    assert cp.returncode == 0, cp.stdout[-1500:] + cp.stderr[-1500:]
+    assert "hits 0 (known 0, new 0)" in cp.stdout
+
+
+def test_known_hits_exit_0_with_allow_known_and_do_not_stop_until_new(tmp_path):
+    cp = run(["hammer", "shutdown-race", "--attempts", "6", "-j", "2", "--allow-known", "--until-new",
+              "--seed", "5", "--artifacts", str(tmp_path)])
+    tri = json.loads(next(tmp_path.glob("*/triage.json")).read_text())
+    assert tri["known_hits"] >= 1, cp.stdout[-1500:]
+    assert tri["new_hits"] == 0, tri["signatures"]
+    assert cp.returncode == 0, cp.stdout[-1500:] + cp.stderr[-1500:]
+    assert tri["attempts"] == 6   # known hits do not stop --until-new

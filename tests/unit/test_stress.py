@@ -76,3 +76,72 @@ def test_reproducer_match_tolerates_quote_style_and_line_numbers():
 
 def test_slug():
     assert slug(SEED_SIG) == "crash-SIGABRT-migrate_mode-Assertion-mode-0"
+
+
+def test_wilson_interval_matches_known_values():
+    from harness.stress.stats import wilson
+    lo, hi = wilson(5, 10)
+    assert abs(lo - 0.2366) < 1e-3 and abs(hi - 0.7634) < 1e-3
+    lo, hi = wilson(0, 20)          # no hits is not "rate 0": the upper bound stays honest
+    assert lo == 0.0 and abs(hi - 0.1611) < 1e-3
+    lo, hi = wilson(20, 20)
+    assert abs(lo - 0.8389) < 1e-3 and hi == 1.0
+    assert wilson(0, 0) == (0.0, 1.0)
+    narrow, wide = wilson(50, 100), wilson(5, 10)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+def test_triage_rates_are_per_inner_attempt_with_interval_and_known_mark():
+    t = Triage()
+    url = "https://bugs.example/1"
+    # Three test runs: 10 inner attempts with 4 known hits, 10 with none, 10 with one new crash.
+    t.add_run(10, [{"signature": SEED_SIG, "kind": "crash", "known": url, "artifacts": f"a{i}"}
+                   for i in range(4)])
+    t.add_run(10, [])
+    t.add_run(10, [{"signature": "crash SIGSEGV: in foo", "kind": "crash", "known": None}])
+    assert t.runs == 3 and t.attempts == 30
+    assert t.hits() == 5 and t.hits(known=True) == 4 and t.hits(known=False) == 1
+    j = t.to_json()
+    top = j["signatures"][0]
+    assert top["known"] == url and top["count"] == 4 and abs(top["rate"] - 4 / 30) < 1e-9
+    lo, hi = top["rate_95"]
+    assert lo < 4 / 30 < hi and abs(hi - 0.2972) < 1e-3
+    table = t.table()
+    assert "30 attempts" in table and f"known: {url}" in table and "NEW" in table
+    assert "13.33%" in table and "[5.3%-29.7%]" in table
+
+
+def test_a_plain_test_failure_is_listed_but_not_a_hit():
+    t = Triage()
+    t.add_run(1, [{"signature": "test failed: AssertionError: x", "kind": "fail"}])
+    assert t.hits() == 0 and "test failure" in t.table()
+
+
+def test_hammer_exit_status():
+    from harness.stress.command import exit_status
+    t = Triage()
+    t.add_run(5, [])
+    assert exit_status(t, allow_known=False) == 0
+    t.add_run(5, [{"signature": SEED_SIG, "kind": "crash", "known": "u"}])
+    assert exit_status(t, allow_known=False) == 1
+    assert exit_status(t, allow_known=True) == 0
+    t.add_run(5, [{"signature": "hang: x", "kind": "hang", "known": None}])
+    assert exit_status(t, allow_known=True) == 1
+    clean = Triage()
+    clean.errors = [{"error": "boom"}]
+    assert exit_status(clean, allow_known=True) == 1   # harness errors are not a clean run
+
+
+def test_cores_are_sampled_only_once_the_evidence_is_in():
+    err = "q: migration/options.c:766: migrate_mode: Assertion `x' failed.\n"
+    always = EvidenceBudget(per_class=1)
+    assert all(always.cores_wanted() for _ in range(5))
+    b = EvidenceBudget(per_class=1, sample_every=4)
+    assert b.cores_wanted()            # before any crash
+    b(-6, err)                         # the seed class got its evidence
+    wanted = [b.cores_wanted() for _ in range(8)]
+    assert sum(wanted) == 2            # one launch in four
+    b(-11, "")                         # a crash without assertion: its frames need a core
+    assert all(b.cores_wanted() for _ in range(3))
+    b(-6, err)
+    assert sum(b.cores_wanted() for _ in range(8)) == 2
