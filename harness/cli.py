@@ -149,7 +149,6 @@ def _guard(fn, what: str = "") -> int:
         known += (ImageError,)
     except ImportError:
         pass
-    from harness.qemu.spec import UsageError
     try:
         with proctree.interruptible(what):
             return fn() or 0
@@ -160,7 +159,7 @@ def _guard(fn, what: str = "") -> int:
         return 2
     except known as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, (UsageError, BinaryError)) else 1
+        return 1
 
 
 if __name__ == "__main__":
