@@ -77,7 +77,9 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     for line in ("qemu: needs a real QEMU binary",
                  "linux_guest: boots the Linux guest",
-                 "smoke: fast tier", "full: full tier", "slow: slow tier"):
+                 "smoke: fast tier", "full: full tier", "slow: slow tier",
+                 "error_path_only: passing shows only an error path (a refusal): reported as "
+                 "'passed (error path only)'"):
         config.addinivalue_line("markers", line)
     if hasattr(config, "workerinput"):
         stamp = config.workerinput[RUN_STAMP_KEY]
@@ -442,9 +444,21 @@ def _worst_unexpected(run: TestRun):
     return None
 
 
+ERROR_PATH_ONLY = "passed (error path only)"
+
+
+def pytest_report_teststatus(report, config):
+    """A pass that only exercised an error path is not counted as a plain pass."""
+    if report.when == "call" and report.passed and "error_path_only" in report.keywords:
+        return ERROR_PATH_ONLY, "e", ("PASSED (error path only)", {"yellow": True})
+    return None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
+    if report.when == "call" and report.passed and item.get_closest_marker("error_path_only"):
+        _set_property(item, "harness_result", ERROR_PATH_ONLY)   # JUnit reads it at teardown
     run = item.stash.get(_run_key, None)
     if report.when == "call":
         # Keep the evidence of expected failures too: their message points at it.

@@ -75,6 +75,12 @@ class Expect:
         if self.result is Result.REFUSED and not (self.error_class or self.error_match):
             raise SpecError("Expect(REFUSED) needs error_class or error_match")
 
+    @property
+    def error_path_only(self) -> bool:
+        """Passing shows only that QEMU refuses: no migration ran (reported as
+        "passed (error path only)", never as a plain pass)."""
+        return self.result is Result.REFUSED
+
 
 @dataclass(frozen=True)
 class KnownBug:

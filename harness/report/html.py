@@ -20,11 +20,17 @@ from urllib.parse import quote
 from harness.environment import short_key
 from harness.migration.progress import cpu_percent
 from harness.report import svg
-from harness.report.results import (STATUSES, JUnitCase, ResultDir, RunMetrics, reproducer_path,
+from harness.report.results import (ERROR_PATH_ONLY, STATUSES, JUnitCase, ResultDir, RunMetrics,
+                                    reproducer_path,
                                     shard_warnings)
 
-COLORS = {"passed": "#2ca02c", "failed": "#d62728", "error": "#8c564b", "xfailed": "#ff7f0e",
-          "skipped": "#9e9e9e"}
+COLORS = {"passed": "#2ca02c", ERROR_PATH_ONLY: "#b5cf6b", "failed": "#d62728", "error": "#8c564b",
+          "xfailed": "#ff7f0e", "skipped": "#9e9e9e"}
+
+
+def _cls(status: str) -> str:
+    """CSS class of a status (the error-path-only pass has spaces in its name)."""
+    return "errpath" if status == ERROR_PATH_ONLY else status
 MiB = 1 << 20
 
 CSS = """
@@ -32,7 +38,7 @@ body{font-family:sans-serif;margin:1.5em auto;max-width:1200px;color:#222;paddin
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;
 font-size:.9em;text-align:left;vertical-align:top}th{background:#f4f4f4}td.n{text-align:right}
-.passed{color:#2ca02c}.failed,.error{color:#d62728;font-weight:bold}.xfailed{color:#c36200}
+.passed{color:#2ca02c}.errpath{color:#6b7d1f;font-style:italic}.failed,.error{color:#d62728;font-weight:bold}.xfailed{color:#c36200}
 .skipped{color:#777}.muted{color:#777;font-size:.85em}.sig{font-family:monospace;font-size:.85em}
 .charts{display:flex;flex-wrap:wrap;gap:.5em}.warn{color:#a15c00}
 .tfilter{margin:.3em 0 .6em}.tfilter label{margin-right:.8em;font-size:.9em;white-space:nowrap}
@@ -133,9 +139,9 @@ def _summary(cases: list[JUnitCase]) -> list[str]:
     for c in cases:
         fams.setdefault(c.family, dict.fromkeys(STATUSES, 0))[c.status] += 1
     total = {s: sum(f[s] for f in fams.values()) for s in STATUSES}
-    head = "".join(f'<th class="{s}">{s}</th>' for s in STATUSES)
+    head = "".join(f'<th class="{_cls(s)}">{s}</th>' for s in STATUSES)
     rows = "".join(f"<tr><td>{escape(name)}</td>" + "".join(
-        f'<td class="n {s if f[s] and s != "passed" else ""}">{f[s]}</td>' for s in STATUSES) + "</tr>"
+        f'<td class="n {_cls(s) if f[s] and s != "passed" else ""}">{f[s]}</td>' for s in STATUSES) + "</tr>"
         for name, f in sorted(fams.items()))
     rows += "<tr><th>all</th>" + "".join(f'<th class="n">{total[s]}</th>' for s in STATUSES) + "</tr>"
     out.append(f"<table><tr><th>family</th>{head}</tr>{rows}</table>")
@@ -295,7 +301,7 @@ def _trend(dirs: list[ResultDir], metric: str) -> list[str]:
         c = d.counts()
         ran = sum(c.values()) - c["skipped"]
         if ran:
-            rates.append((i, round(100.0 * (c["passed"] + c["xfailed"]) / ran, 1)))
+            rates.append((i, round(100.0 * (c["passed"] + c[ERROR_PATH_ONLY] + c["xfailed"]) / ran, 1)))
     out = ["<h2>Trend</h2>",
            f'<p class="muted">{len(dirs)} result dirs, oldest first; each named with the QEMU '
            "version and build id it tested: " + ", ".join(escape(n.replace(chr(10), " [") + ("]" if chr(10) in n else ""))
@@ -346,7 +352,7 @@ def _all_tests(cases: list[JUnitCase], base: Path) -> list[str]:
     if not cases:
         return []
     rows = "".join(
-        f'<tr><td class="{c.status}">{c.status}</td><td>{escape(c.classname)}</td>'
+        f'<tr><td class="{_cls(c.status)}">{c.status}</td><td>{escape(c.classname)}</td>'
         f'<td>{escape(c.name)}</td><td class="n">{c.time_s:.2f}</td>'
         f"<td>{_link(c.artifacts, base, 'artifacts')}</td></tr>"
         for c in sorted(cases, key=lambda c: (c.family, c.name)))

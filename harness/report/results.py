@@ -18,7 +18,8 @@ from pathlib import Path
 
 from harness.run import safe_dirname
 
-STATUSES = ("passed", "failed", "error", "xfailed", "skipped")
+ERROR_PATH_ONLY = "passed (error path only)"   # the JUnit property harness_result says so
+STATUSES = ("passed", ERROR_PATH_ONLY, "failed", "error", "xfailed", "skipped")
 _HAMMER_COPY = re.compile(r"^h\d+-|-h\d+$")
 _DUP_SUFFIX = re.compile(r"-(gw\d+|main)-\d+$")
 
@@ -153,6 +154,8 @@ def parse_junit(path: Path) -> list[JUnitCase]:
                 if tag in ("failure", "error"):
                     break  # a failure wins over a teardown error
         props = {p.get("name"): p.get("value") for p in tc.iter("property")}
+        if status == "passed" and props.get("harness_result") == ERROR_PATH_ONLY:
+            status = ERROR_PATH_ONLY
         try:
             t = float(tc.get("time") or 0.0)
         except ValueError:

@@ -22,6 +22,8 @@ def pytest_generate_tests(metafunc):
     params = []
     for s in catalog.select(families_=fams):
         marks = [getattr(pytest.mark, t) for t in sorted(s.tiers)]
+        if s.expect.error_path_only:
+            marks.append(pytest.mark.error_path_only)
         params.append(pytest.param(s, id=s.path, marks=marks))
     metafunc.parametrize("scenario", params)
 

@@ -76,7 +76,8 @@ def test_junit_statuses_ids_and_families(tmp_path):
 
 def test_load_ties_metrics_to_tests_and_reads_triage(tmp_path):
     rd = load(result_dir(tmp_path))
-    assert rd.counts() == {"passed": 1, "failed": 2, "error": 1, "xfailed": 1, "skipped": 1}
+    assert rd.counts() == {"passed": 1, "passed (error path only)": 0, "failed": 2, "error": 1,
+                           "xfailed": 1, "skipped": 1}
     assert len(rd.warnings) == 1 and "broken.xml" in rd.warnings[0]
     by_label = {m.label: m for m in rd.metrics}
     assert set(by_label) == {"/migration/precopy/tcp/plain", "/migration/precopy/unix/plain", "somewhere-else"}
@@ -222,6 +223,24 @@ def test_markdown_summary(tmp_path):
     markdown.append(out, [load(d)], "nightly")
     text = out.read_text()
     assert text.startswith("earlier step\n## nightly")            # appended
-    assert "| precopy | 1 | 1 | 0 | 0 | 0 |" in text
+    assert "| precopy | 1 | 0 | 1 | 0 | 0 | 0 |" in text
     assert "`crash SIGSEGV: ram_save_iterate \\| x`" in text
     assert "Merged from shards 1/2." in text and "shard(s) 2/2 missing" in text
+
+
+def test_error_path_only_pass_is_its_own_status_in_junit_and_the_page(tmp_path):
+    from harness.report.results import ERROR_PATH_ONLY
+    d = tmp_path / "smoke"
+    d.mkdir()
+    (d / "junit.xml").write_text("""<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="2">
+<testcase classname="tests.migration.test_rdma" name="test_scenario[/migration/rdma/no-device/incoming]" time="0.5">
+  <properties><property name="harness_result" value="passed (error path only)"/></properties></testcase>
+<testcase classname="tests.migration.test_precopy" name="test_scenario[/migration/precopy/tcp/plain]" time="2"/>
+</testsuite></testsuites>""")
+    cases = parse_junit(d / "junit.xml")
+    assert [c.status for c in cases] == [ERROR_PATH_ONLY, "passed"]
+    res = load(d)
+    assert res.counts()[ERROR_PATH_ONLY] == 1 and res.counts()["passed"] == 1
+    page = html.render([res], html.ReportOptions(out=tmp_path / "report.html"))
+    assert '<td class="errpath">passed (error path only)</td>' in page
+    assert "<th class=\"errpath\">passed (error path only)</th>" in page
