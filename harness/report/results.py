@@ -251,6 +251,10 @@ def load(root: Path) -> ResultDir:
         c = by_key.get(_key(_DUP_SUFFIX.sub("", d.name)))
         if c is not None and c.artifacts is None:
             c.properties["artifacts"] = str(d)
+    for c in rd.cases:   # results made on another machine (a CI shard) and moved here
+        moved = _relocate(c.artifacts, rd.root) if c.artifacts and not c.artifacts.exists() else None
+        if moved is not None:
+            c.properties["artifacts"] = str(moved)
     by_art = {str(c.artifacts.resolve()): c for c in rd.cases if c.artifacts}
     for d in metric_dirs:
         try:
@@ -261,6 +265,17 @@ def load(root: Path) -> ResultDir:
         case = by_art.get(str(d.resolve())) or by_key.get(_key(_DUP_SUFFIX.sub("", d.name)))
         rd.metrics.append(RunMetrics(d, data if isinstance(data, dict) else {}, case))
     return rd
+
+
+def _relocate(path: Path, root: Path) -> Path | None:
+    """The same dir under `root`, for an artifacts path recorded elsewhere: the longest
+    tail of the recorded path that exists below root (its stamp/test dir part)."""
+    parts = path.parts
+    for k in range(1, len(parts)):
+        candidate = root.joinpath(*parts[k:])
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def _load_triage(path: Path) -> TriageFile | str:

@@ -244,3 +244,20 @@ def test_error_path_only_pass_is_its_own_status_in_junit_and_the_page(tmp_path):
     page = html.render([res], html.ReportOptions(out=tmp_path / "report.html"))
     assert '<td class="errpath">passed (error path only)</td>' in page
     assert "<th class=\"errpath\">passed (error path only)</th>" in page
+
+
+def test_artifact_paths_recorded_on_another_runner_are_found_here(tmp_path):
+    """A CI shard's results downloaded elsewhere: JUnit names /builds/.../artifacts/full-1/..."""
+    from harness.report.results import load
+    root = tmp_path / "results-full-1"
+    test_dir = root / "20261204-020000-7" / "tests.migration.test_precopy.py.test_scenario.x"
+    test_dir.mkdir(parents=True)
+    (test_dir / "metrics.json").write_text('{"migration": {"total_time_ms": 5}}')
+    recorded = "/__w/repo/repo/artifacts/full-1/20261204-020000-7/tests.migration.test_precopy.py.test_scenario.x"
+    (root / "junit.xml").write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest"><testcase classname="tests.migration.test_precopy" '
+        f'name="test_scenario[x]" time="1"><properties><property name="artifacts" value="{recorded}"/>'
+        '</properties><failure message="boom">tb</failure></testcase></testsuite></testsuites>')
+    rd = load(root)
+    assert rd.cases[0].artifacts == test_dir
+    assert rd.metrics[0].case is rd.cases[0]
