@@ -6,9 +6,11 @@ private run root, then reads its report and artifacts like a user would.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,8 @@ INNER = Path(__file__).parent / "inner" / "inner_failures.py"
 @pytest.fixture(scope="module")
 def inner_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inner")
-    run_root = tmp / "run"
-    run_root.mkdir()
+    # Short: under xdist tmp paths are too long for QEMU's UNIX sockets (the harness refuses).
+    run_root = Path(tempfile.mkdtemp(prefix="qmh-in-"))
     art = tmp / "artifacts"
     env = dict(os.environ, HARNESS_RUN_ROOT=str(run_root), COLUMNS="300")
     env.pop("PYTEST_XDIST_WORKER", None)
@@ -30,7 +32,8 @@ def inner_run(tmp_path_factory):
                          "--artifacts", str(art), "--accel", "tcg", "-q", "-rf",
                          "-o", "python_files=inner_*.py", "--junitxml", str(tmp / "junit.xml")],
                         capture_output=True, text=True, env=env, timeout=600, cwd=tmp)
-    return cp, art, run_root
+    yield cp, art, run_root
+    shutil.rmtree(run_root, ignore_errors=True)   # empty unless something leaked (a test says so)
 
 
 def _failure_line(out: str, test: str) -> str:
