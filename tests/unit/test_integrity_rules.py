@@ -68,3 +68,47 @@ def test_summaries_give_the_same_verdicts_as_full_dumps(tmp_path):
     assert compare_summaries(summary(a), summary(a)).ok
     assert summarise(a) == summary(a) and summarise(bytes(b)) == summary(bytes(b))
     assert summarise(a, digests=False).firsts == summary(a).firsts
+
+
+def _area(first: int = 7, pages: int = 64) -> bytearray:
+    from harness.guest.integrity import PAGE
+    data = bytearray(pages * PAGE)
+    data[::PAGE] = bytes([first]) * pages
+    return data
+
+
+def test_whole_pages_catch_a_byte_the_first_byte_rule_misses():
+    from harness.guest.integrity import (BOOTBLOCK_START, PAGE, check_bodies, check_first_bytes,
+                                         page_bodies)
+    data = _area()
+    assert check_bodies(page_bodies(bytes(data))) is None
+    data[5 * PAGE + 0x87b] ^= 0xFF
+    rep = page_bodies(bytes(data))
+    assert check_first_bytes(rep.firsts).ok            # the old rule passes...
+    msg = check_bodies(rep)                            # ...the whole-page one does not
+    assert msg == (f"page at {BOOTBLOCK_START + 5 * PAGE:#x} is not its first byte followed by "
+                   f"zeros (byte 0x87b of the page is 0xff)")
+    data[9 * PAGE + 1] = 1
+    assert "1 more such page(s)" in check_bodies(page_bodies(bytes(data)))
+
+
+def test_zero_first_bytes_are_not_mistaken_for_corruption():
+    from harness.guest.integrity import check_bodies, page_bodies
+    data = _area(first=0)
+    assert check_bodies(page_bodies(bytes(data))) is None
+
+
+def test_the_remote_body_check_agrees_with_the_local_one(tmp_path):
+    import subprocess
+    import sys
+    from harness.guest.integrity import BODIES_SCRIPT, PAGE, page_bodies
+    data = _area()
+    data[3 * PAGE + 100] = 9
+    data[40 * PAGE + PAGE - 1] = 1
+    f = tmp_path / "dump.bin"
+    f.write_bytes(bytes(data))
+    out = subprocess.run([sys.executable, "-c", BODIES_SCRIPT, str(f)], capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    local = page_bodies(bytes(data))
+    assert bytes.fromhex(out[0]) == local.firsts
+    assert tuple(int(x) for x in out[1].split(",")) == local.bad_pages == (3, 40)
