@@ -108,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from harness import proctree
+    # From the first moment: a Ctrl-C while the subcommands import is one line too.
+    try:
+        with proctree.interruptible(argv[0] if argv else "harness"):
+            return _main(argv)
+    except proctree.Interrupted as exc:
+        return proctree.print_interrupted(exc)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     from harness.hosts import command as hosts_cmd
     from harness.report import command as report_cmd

@@ -157,11 +157,13 @@ def pids_in(dirs: Sequence[Path]) -> list[int]:
     return pids
 
 
-def reap_orphans(root: Path) -> list[Path]:
-    """Remove the run dirs of dead owners under root (and kill anything still in them).
+SHM = Path("/dev/shm")   # guest RAM files (cpr) live in owner-marked dirs there
 
-    Cheap when there is nothing to do: one directory listing."""
-    dirs = orphan_dirs(root)
+
+def reap_orphans(root: Path) -> list[Path]:
+    """Remove the run dirs of dead owners under root and in /dev/shm (and kill anything
+    still in them). Cheap when there is nothing to do: directory listings."""
+    dirs = orphan_dirs(root) + (orphan_dirs(SHM) if Path(root) != SHM else [])
     if not dirs:
         return []
     for pid in pids_in(dirs):

@@ -74,10 +74,11 @@ def _specs(ctx: ScenarioContext, src_extra: tuple[str, ...], dst_extra: tuple[st
 
 def _private_dir(prefix: str) -> Path:
     """A 0700 directory on tmpfs when there is one (guest RAM files live here)."""
-    root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    d = Path(tempfile.mkdtemp(prefix=f"qmh-{prefix}-", dir=root))
-    os.chmod(d, 0o700)
-    return d
+    from harness import proctree
+    root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
+        else tempfile.gettempdir()
+    # Owner-marked like run dirs: reaped (proctree.reap_orphans) if we are killed.
+    return proctree.new_run_dir(root, prefix)
 
 
 # --------------------------------------------------------------------------- cpr-reboot
@@ -150,7 +151,9 @@ def run_cpr_reboot(ctx: ScenarioContext) -> dict:
         return {"metrics": metrics.to_dict(), "integrity": proof}
     finally:
         if host.is_local:
+            from harness import proctree
             shutil.rmtree(work, ignore_errors=True)
+            proctree.untrack_dir(work)
         else:
             host.remove_run_dir(work)
 
