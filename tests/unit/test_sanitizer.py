@@ -105,3 +105,13 @@ def test_child_env_defaults_never_override():
 
 def test_no_report_in_plain_stderr():
     assert sanitizer.parse("qemu-system-x86_64: terminating on signal 15 from pid 1\n") is None
+
+
+def test_qemu_build_wrapper_defaults_match_the_harness():
+    """ci/qemu-build's wrapper sets the same sanitizer defaults the harness gives QEMU."""
+    import re
+    text = (Path(__file__).resolve().parents[2] / "ci" / "qemu-build").read_text()
+    asan = "".join(re.findall(r'"([^"]*)"', text.split("ASAN_DEFAULTS = (", 1)[1].split(")", 1)[0]))
+    ubsan = re.search(r'UBSAN_DEFAULTS = "([^"]*)"', text).group(1)
+    assert asan == sanitizer.CHILD_ENV["ASAN_OPTIONS"]
+    assert ubsan == sanitizer.CHILD_ENV["UBSAN_OPTIONS"]
