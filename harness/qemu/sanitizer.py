@@ -139,7 +139,7 @@ RULES: tuple[Rule, ...] = (
 _FRAME = re.compile(r"^\s*#(?P<n>\d+) 0x[0-9a-fA-F]+ in (?P<func>\S+)(?: (?P<where>.*))?$")
 # TSan: "#0 bump /path/race.c:4 (race+0x11d7)"
 _FRAME_TSAN = re.compile(r"^\s*#(?P<n>\d+) (?P<func>[^\s(][^\s]*) (?P<where>[^\s(]\S*)(?: \([^)]*\))?$")
-_FRAME_NOFUNC = re.compile(r"^\s*#(?P<n>\d+) 0x[0-9a-fA-F]+ \((?P<where>[^)]*)\)$")
+_FRAME_NOFUNC = re.compile(r"^\s*#(?P<n>\d+) 0x[0-9a-fA-F]+ +\((?P<where>[^)]*)\)$")
 _FREED = re.compile(r"^freed by thread (?P<t>T\d+)")
 _ALLOC = re.compile(r"^(?:previously )?allocated by thread (?P<t>T\d+)")
 _THREAD = re.compile(r"^Thread (?P<t>T\d+)(?: \([^)]*\))? created by (?P<by>T\d+)")

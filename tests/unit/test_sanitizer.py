@@ -5,6 +5,7 @@ import pytest
 
 from harness.qemu import sanitizer
 from harness.qemu.outcome import OutcomeKind, classify
+from harness.stress import known_bugs
 
 SAMPLES = Path(__file__).parent / "samples" / "sanitizer"
 ABRT = -6
@@ -54,6 +55,25 @@ def test_rule_on_recorded_sample(name, rule, tool, kind, access, free, alloc):
     assert r.top("access")[:len(access)] == access
     assert r.top("free")[:len(free)] == free and (free or not r.top("free"))
     assert r.top("alloc")[:len(alloc)] == alloc
+
+
+def test_qemu_seed_race_on_the_asan_build():
+    """Recorded from `harness hammer shutdown-race --qemu <ci/qemu-build --asan wrapper>`."""
+    r = sanitizer.parse(sample("qemu-uaf.stderr"))
+    assert (r.rule, r.kind) == ("asan-memory-access", "heap-use-after-free")
+    assert r.top("access", 3) == ("fill_source_migration_info", "qmp_query_migrate", "qmp_marshal_query_migrate")
+    assert r.top("free", 4) == ("object_finalize", "object_unref", "migration_shutdown", "qemu_cleanup")
+    assert r.top("alloc", 4)[:3] == ("object_new_with_type", "object_new", "migration_object_init")
+    assert r.site("free").endswith("qom/object.c:734")
+    assert "monitor_cleanup" in r.top("access", 10)
+    out = classify(ABRT, sample("qemu-uaf.stderr"))
+    assert out.signature == "crash ASan heap-use-after-free: in fill_source_migration_info <- qmp_query_migrate"
+    assert known_bugs.match(out.signature) is known_bugs.SHUTDOWN_QUERY_OTHER
+    seg = classify(ABRT, sample("qemu-segv.stderr"))
+    assert seg.signature == "crash ASan SEGV on unknown address: in aio_co_wake <- qmp_dispatcher_co_wake"
+    assert known_bugs.match(seg.signature) is known_bugs.SHUTDOWN_OOB_DISPATCHER_WAKE
+    unsymbolised = sanitizer.parse(sample("qemu-segv.stderr")).access[14]
+    assert unsymbolised == sanitizer.StackFrame("??", "(/lib/x86_64-linux-gnu/libglib-2.0.so.0+0x54a17)")
 
 
 def test_use_free_alloc_sites_carry_file_and_line():
