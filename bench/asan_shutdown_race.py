@@ -81,7 +81,10 @@ def main() -> int:
               f"[{100 * lo:.1f}%, {100 * hi:.1f}%]")
     for r in runs:
         for s in r["signatures"]:
-            print(f"  {'random' if r['perturb'] else 'unset '} {s['count']:>5}  {s['signature']}")
+            lo, hi = wilson(s["count"], r["attempts"])
+            print(f"  {'random' if r['perturb'] else 'unset '} {s['count']:>4}/{r['attempts']:<4} "
+                  f"{100 * s['count'] / max(r['attempts'], 1):5.1f}% [{100 * lo:.0f}%, {100 * hi:.0f}%]  "
+                  f"{s['signature']}")
             for k in ("use_site", "free_site", "alloc_site"):
                 if s.get(k):
                     print(f"{'':>15}{k.replace('_', ' ')}: {s[k]}")

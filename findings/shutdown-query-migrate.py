@@ -7,7 +7,7 @@ Signature:  crash SIGABRT: migrate_mode: Assertion 'mode >= 0 && mode < MIG_MODE
 A hit is a QEMU crash whose signature (computed below, in the harness's form)
 matches:    (?:migrate_mode: Assertion 'mode >= 0 && mode < MIG_MODE__MAX' failed)|(?:crash (SIG(SEGV|ABRT|BUS)|ASan [\w -]+?): .*(qmp_query_migrate|fill_source_migration_info|migrate_))
 Hit rate at export: 6 of 12 attempts (50%) in `harness hammer shutdown-race` on QEMU 10.0.2
-QEMU versions tried: 10.0.2: 110/200, 11.1.3: 122/200, 7.2.22: 0/200
+QEMU versions tried: 10.0.2 (system): 72/100, 11.1.3: 65/100, 7.2.22: 0/100, 10.0.2 (10.0.2-asan): 10/49
 Exported by qemu-migration-harness on 2026-12-04.
 
 Needs only python3 and QEMU (qemu-system-x86_64 on PATH, or --qemu PATH).

@@ -102,4 +102,8 @@ class Differential:
         for row in [head, *body]:
             lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
         sig = self.signature or "(no hit on any binary)"
-        return f"signature: {sig}\n" + "\n".join(lines)
+        # A build may show the same bug another way (an ASan build names the access).
+        other = [f"  {r.version} ({r.binary}): {r.signature}" for r in self.rows
+                 if r.signature and r.signature != self.signature]
+        return (f"signature: {sig}\n" + "\n".join(lines)
+                + ("\nother faces of it:\n" + "\n".join(other) if other else ""))

@@ -75,7 +75,13 @@ def write_entry(diff: Differential, name: str, catalog_dir: Path = CATALOG_DIR) 
         shutil.copyfile(src, dest)
         dest.chmod(0o755)
     # The header's "QEMU versions tried:" line gets the measured differential.
-    tried = ", ".join(f"{r.version}: {r.hits}/{r.attempts}" for r in diff.rows if r.attempts)
+    versions = [r.version for r in diff.rows]
+
+    def label(r) -> str:  # two builds of one version (Debian's, ASan): name the build's dir
+        d = Path(r.binary).parent.name
+        return (f"{r.version} ({'system' if d in ('bin', 'sbin') else d})"
+                if versions.count(r.version) > 1 else r.version)
+    tried = ", ".join(f"{label(r)}: {r.hits}/{r.attempts}" for r in diff.rows if r.attempts)
     text = dest.read_text()
     new = re.sub(r"^QEMU versions tried: .*$", lambda m: f"QEMU versions tried: {tried}", text, count=1, flags=re.M)
     if new != text:
@@ -87,7 +93,7 @@ def write_entry(diff: Differential, name: str, catalog_dir: Path = CATALOG_DIR) 
     per = max(r.seconds / max(r.attempts, 1) for r in hits)
     seconds = round(max(30.0, 3 * per * attempts), 1)
     entry = {"name": name, "script": dest.name, "signature": diff.signature,
-             "affected": list(diff.affected), "unaffected": list(diff.unaffected),
+             "affected": list(dict.fromkeys(diff.affected)), "unaffected": list(dict.fromkeys(diff.unaffected)),
              "attempts": attempts, "seconds": seconds,
              "measured": [r.to_dict() for r in diff.rows]}
     out = catalog_dir / f"{name}.json"

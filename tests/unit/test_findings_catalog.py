@@ -41,12 +41,14 @@ def test_table_and_verdicts(tmp_path):
     d = diff(tmp_path, [Row("10.0.2", "/a", 80, 200, 1, "crash SIGABRT: f", seconds=20),
                         Row("11.1.3", "/b", 0, 200, 0, seconds=20),
                         Row("9.9.9", "/c", 0, 0, 125),
-                        Row("?", "/d", 0, 0, 1, error="last line is not RESULT")])
+                        Row("?", "/d", 0, 0, 1, error="last line is not RESULT"),
+                        Row("10.0.2", "/asan", 3, 10, 1, "crash ASan heap-use-after-free: in f <- g")])
     t = d.table()
+    assert t.endswith("other faces of it:\n  10.0.2 (/asan): crash ASan heap-use-after-free: in f <- g")
     assert "signature: crash SIGABRT: f" in t
     assert "10.0.2   80/200         40.0%  [33.5%, 46.9%]  affected" in t
     assert "not seen" in t and "skip" in t and "error: last line is not RESULT" in t
-    assert d.affected == ("10.0.2",) and d.unaffected == ("11.1.3",)
+    assert d.affected == ("10.0.2", "10.0.2") and d.unaffected == ("11.1.3",)
     js = d.to_dict()
     assert js["rows"][0]["ci95"] == [0.3346, 0.4692] and js["rows"][2]["verdict"] == "skip"
 
