@@ -58,3 +58,22 @@ def test_rdma_probe_agrees_with_the_binary(asan_qemu):
     info = json.loads((Path(asan_qemu).parent / "build.json").read_text())
     ldd = subprocess.run(["ldd", info["binary"]], capture_output=True, text=True).stdout
     assert ("rdma" in capabilities.transports(asan_qemu)) == ("librdmacm" in ldd)
+
+
+def test_gdb_backtrace_of_the_debug_build_has_file_and_line(asan_qemu, tmp_path):
+    """The build has debug info: a live gdb backtrace names source files and lines."""
+    from harness.qemu import debug
+    from harness.qemu.outcome import parse_gdb_threads
+    from harness.qemu.spec import GuestKind, GuestSpec
+    b = probe(asan_qemu)
+    run = TestRun(tmp_path / "gdb")
+    try:
+        m = run.machine(MachineSpec(binary=b.path, accel="tcg", machine_type="none", memory_mib=16,
+                                    guest=GuestSpec(kind=GuestKind.NONE), paused=True))
+        bt = debug.backtrace_of_pid(m.pid, timeout=120)
+    finally:
+        run.abort()
+    frames = [f for fs in parse_gdb_threads(bt).values() for f in fs]
+    own = [f for f in frames if f.location.startswith("at ../../src/qemu-")]
+    assert own and any(f.func == "main" or f.func == "qemu_main_loop" for f in own), bt[-2000:]
+    assert all(":" in f.location for f in own)
