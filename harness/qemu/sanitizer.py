@@ -173,12 +173,14 @@ class SanitizerReport:
         return tuple(out[:limit])
 
     def site(self, stack: str) -> str:
-        """'func file:line' of a stack's first own frame ('' when the stack is empty)."""
+        """'func file:line' of a stack's first own frame ('' when the stack is empty).
+        For free and alloc, QEMU's generic release/creation helpers (object_unref,
+        object_new, ...) are skipped: the site is their caller, e.g. migration_shutdown."""
         frames = {"access": self.access, "free": self.free, "alloc": self.alloc}[stack]
-        for f in frames:
-            if not _is_runtime(f):
-                return f"{normalize_func(f.func)} {f.where}".strip()
-        return ""
+        own = [f for f in frames if not _is_runtime(f)]
+        if stack != "access":
+            own = [f for f in own if not _HELPERS.match(f.func)] or own
+        return f"{normalize_func(own[0].func)} {own[0].where}".strip() if own else ""
 
     def to_dict(self) -> dict:
         def st(frames):
@@ -196,6 +198,13 @@ _RUNTIME = re.compile(
     r"(?:malloc|calloc|realloc|free|posix_memalign|memalign|aligned_alloc|operator new|operator delete)$|"
     r"g_malloc|g_malloc0|g_realloc|g_free$|g_try_malloc|g_slice_|g_new|g_memdup)")
 _RUNTIME_WHERE = re.compile(r"libsanitizer/|/sysdeps/|\.\./csu/|\.\./nptl/|^\(/lib|^\(/usr/lib")
+
+
+# QEMU helpers that allocate or free for their caller (QOM, QObject, glib wrappers).
+_HELPERS = re.compile(
+    r"^(?:object_finalize|object_unref|object_new|object_new_with_type|object_new_with_class|"
+    r"object_initialize|qobject_destroy|qobject_unref_impl|qdict_destroy_obj|qlist_destroy_obj|"
+    r"g_free|g_slice_free1|g_slice_alloc|g_hash_table_\w+|g_strdup\w*|g_string_\w+|g_array_\w+)(?:\.|$)")
 
 
 def _is_runtime(f: StackFrame) -> bool:
