@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness.report import findings, repro_contract
 from harness.report.differential import Differential, Row
+from harness.report.reproducer import run_script_tree
 
 
 class ReproError(Exception):
@@ -66,7 +67,8 @@ def run_script(script: Path, binary: str, attempts: int, seconds: float) -> Row:
             "--seconds", str(seconds)]
     t0 = time.monotonic()
     try:
-        cp = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 180)
+        # own process group (its QEMUs die with it), temp dirs in a run dir of ours
+        cp = run_script_tree(argv, timeout=seconds + 180)
     except subprocess.TimeoutExpired:
         return Row(version, binary, 0, 0, -1, error=f"did not finish within {seconds + 180:.0f} s",
                    seconds=time.monotonic() - t0)
