@@ -127,9 +127,10 @@ def main(args) -> int:
     except SpecError as exc:
         raise UsageError(str(exc)) from None
     dirs.local_run_root()                          # before any worker or QEMU starts
-    dirs.writable_dir(args.artifacts, "--artifacts")
+    dirs.writable_dir(args.artifacts, "--artifacts", create=False)
     binary = probe(args.qemu).path
     _check_commands(recipe, binary)
+    dirs.writable_dir(args.artifacts, "--artifacts")   # all checked: now make it
     base = MachineSpec(binary=binary, accel=accel_mod.resolve(binary, args.accel))
     root = Path(args.artifacts).resolve() / time.strftime("%Y%m%d-%H%M%S")
     with proctree.interruptible(artifacts=root):   # a Ctrl-C names where the evidence is
