@@ -130,10 +130,13 @@ def main():
                 # Session gone: nobody will ever shut this QEMU down. Kill it.
                 stdin_open = False
                 if status is None:
-                    try:
-                        os.killpg(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    # The child itself too: right after the fork it may not have
+                    # called setsid() yet, and then there is no group to kill.
+                    for kill in (os.killpg, os.kill):
+                        try:
+                            kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
                     os.waitpid(pid, 0)
                 _remove_run_dir(spec["cwd"])
                 return
