@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from harness.guest import integrity
-from harness.migration import tuning
+from harness.migration import proofs, tuning
 from harness.migration.metrics import MigrationMetrics, write_metrics
 from harness.migration.pair import Pair
 from harness.migration.progress import ProgressSampler
@@ -54,6 +54,7 @@ def configure(pair: Pair, *, caps: dict | None = None, params: dict | None = Non
     else:
         tuning.ensure_non_converge(src)
     tuning.set_parameters(src, params or {})
+    proofs.arm(pair)   # the trace events that later prove each enabled mode happened
 
 
 def prepare(pair: Pair, transport: Transport, *, caps: dict | None = None,
@@ -98,6 +99,9 @@ def precopy(pair: Pair, transport: Transport = Transport.TCP, *, caps: dict | No
     if observed:
         data["observed"] = observed
     write_metrics(src.artifacts.parent / "metrics.json", data)
+    # Each enabled mode must have left its mark (raises ModeNotProven naming what is missing).
+    modes = proofs.prove(pair, info, samples=sampler.samples, observed=observed)
+    write_metrics(src.artifacts.parent / "metrics.json", {"modes": modes})
     return PrecopyResult(uri=str(target), metrics=metrics, observed=observed)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from harness.migration import drivers
+from harness.migration import drivers, proofs
 from harness.migration.context import ScenarioContext
 from harness.migration.expectations import expect_accepted, refusal_result
 from harness.migration.metrics import MigrationMetrics, write_metrics
@@ -96,5 +96,7 @@ def run(ctx: ScenarioContext) -> dict:
     write_metrics(ctx.run.artifacts / "metrics.json",
                   {"migration": metrics.to_dict(), "uri": uri, "file": file_info,
                    "source_query_migrate": info})
+    modes = proofs.prove(pair, info)   # multifd really used its channels, etc.
+    write_metrics(ctx.run.artifacts / "metrics.json", {"modes": modes})
     proof = drivers.prove_integrity(pair, timeout=s.timeout)
     return {"metrics": metrics.to_dict(), "file": file_info, "integrity": proof}

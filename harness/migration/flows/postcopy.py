@@ -47,7 +47,7 @@ import time
 
 from harness.faults.link import LinkFaults, migration_link
 from harness.faults.proxy import TcpProxy, local_address_towards
-from harness.migration import drivers
+from harness.migration import drivers, proofs
 from harness.migration.context import ScenarioContext
 from harness.migration.metrics import MigrationMetrics, write_metrics
 from harness.migration.pair import Pair
@@ -170,6 +170,10 @@ def finish(ctx: ScenarioContext, pair: Pair, extra: dict) -> dict:
     write_metrics(ctx.run.artifacts / "metrics.json",
                   {"migration": metrics.to_dict(), "source_query_migrate": info,
                    "destination_query_migrate": dinfo})
+    entered = any(e.name == "MIGRATION" and e.data.get("status") == "postcopy-active"
+                  for e in src.qmp.events.events)
+    modes = proofs.prove(pair, info, postcopy_entered=entered)   # postcopy, preempt, multifd
+    write_metrics(ctx.run.artifacts / "metrics.json", {"modes": modes})
     proof = drivers.prove_integrity(pair, ram_compare=False, timeout=s.timeout)
     return {"metrics": metrics.to_dict(), "integrity": proof}
 
