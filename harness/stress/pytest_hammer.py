@@ -14,6 +14,7 @@ attempt, as the race tests do) counts each of them, so rates are per attempt.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -98,7 +99,8 @@ class HammerPlugin:
             # Not a QEMU hit, but the run failed: listed (not counted as a hit).
             hits = [{"signature": "test failed: " + _first_line(report), "kind": "fail",
                      "artifacts": props.get("artifacts")}]
-        self.triage.add_run(int(props.get(ATTEMPTS_PROP, 1)), hits, elapsed=time.time() - self.t0)
+        self.triage.add_run(int(props.get(ATTEMPTS_PROP, 1)), hits, elapsed=time.time() - self.t0,
+                            test=base_test_id(report.nodeid))
         if not self.stop_reason:
             reason = self._stop_for(report)
             if reason:
@@ -150,6 +152,11 @@ def record_hits(report, run) -> None:
     props = [(k, v) for k, v in report.user_properties if k not in (HITS_PROP, ATTEMPTS_PROP)]
     props += [(ATTEMPTS_PROP, len(attempts)), (HITS_PROP, json.dumps(hits))]
     report.user_properties = props
+
+
+def base_test_id(nodeid: str) -> str:
+    """The test without its hammer copy: 'x[/a/b-h3]' -> 'x[/a/b]', 'x[h3]' -> 'x'."""
+    return re.sub(r"\[h\d+\]$", "", re.sub(r"-h\d+\]$", "]", nodeid))
 
 
 def hits_of(report) -> list[dict]:

@@ -48,6 +48,7 @@ class SignatureStats:
     first_variant: dict = field(default_factory=dict)
     reproducer: str | None = None
     known: str | None = None   # known bug reference; None: a new finding
+    tests: list = field(default_factory=list)   # pytest: the tests it happened in
 
     @property
     def is_hit(self) -> bool:
@@ -62,6 +63,7 @@ class Triage:
     def __init__(self):
         self.attempts = 0
         self.runs = 0              # test runs (pytest) or attempts (CLI)
+        self.attempts_by_test: dict[str, int] = {}   # pytest: attempts per test (copies merged)
         self.by_sig: dict[str, SignatureStats] = {}
         self.first_failure_at: float | None = None
         self.observations: dict[str, int] = {}
@@ -81,14 +83,22 @@ class Triage:
         return self.add_hit(rec.signature, rec.kind, known=rec.known, artifacts=rec.artifacts,
                             seed=rec.seed, variant=rec.variant, elapsed=elapsed)
 
-    def add_run(self, attempts: int, hits: list[dict], elapsed: float | None = None) -> None:
+    def add_run(self, attempts: int, hits: list[dict], elapsed: float | None = None,
+                test: str | None = None) -> None:
         """A test run: its inner attempt count and its hits ({signature, kind, known,
-        artifacts}; one per attempt that failed)."""
-        self.attempts += max(1, attempts)
+        artifacts}; one per attempt that failed). `test` (the test id without its
+        hammer-copy suffix): a signature's rate is then per attempt of the tests it
+        happened in, not diluted by every other test of the session."""
+        n = max(1, attempts)
+        self.attempts += n
         self.runs += 1
+        if test is not None:
+            self.attempts_by_test[test] = self.attempts_by_test.get(test, 0) + n
         for h in hits:
-            self.add_hit(h["signature"], h["kind"], known=h.get("known"),
-                         artifacts=h.get("artifacts"), elapsed=elapsed)
+            st = self.add_hit(h["signature"], h["kind"], known=h.get("known"),
+                              artifacts=h.get("artifacts"), elapsed=elapsed)
+            if test is not None and test not in st.tests:
+                st.tests.append(test)
 
     def add_hit(self, signature: str, kind: str, *, known: str | None = None,
                 artifacts: str | None = None, seed: int | None = None, variant: dict | None = None,
@@ -114,9 +124,15 @@ class Triage:
     def rows(self) -> list[SignatureStats]:
         return sorted(self.by_sig.values(), key=lambda s: -s.count)
 
+    def denominator(self, st: SignatureStats) -> int:
+        """Attempts the signature's rate is over: those of the tests it happened in
+        (pytest), else every attempt (CLI hammer: one recipe)."""
+        n = sum(self.attempts_by_test.get(t, 0) for t in st.tests) if st.tests else self.attempts
+        return max(n, st.count)
+
     def rate(self, st: SignatureStats) -> tuple[float, float, float]:
         """Per-attempt rate of one signature and its 95% Wilson interval."""
-        n = max(self.attempts, st.count)
+        n = self.denominator(st)
         lo, hi = wilson(st.count, n)
         return st.count / n if n else 0.0, lo, hi
 
@@ -124,15 +140,18 @@ class Triage:
         if not self.by_sig:
             lo, hi = wilson(0, self.attempts)
             return f"no failures in {self.attempts} attempts (95% interval of the rate {lo:.2%}-{hi:.2%})"
-        lines = [f"{self.attempts} attempts; rate = per attempt, [95% Wilson interval]",
-                 f"{'count':>6} {'rate':>7} {'[95%]':>17}  signature",
-                 f"{'':>6} {'':>7} {'':>17}  first artifacts | reproducer"]
+        lines = [f"{self.attempts} attempts; rate = count / attempts of the test(s) it happened "
+                 f"in, [95% Wilson interval]",
+                 f"{'count':>6} {'of':>6} {'rate':>7} {'[95%]':>17}  signature",
+                 f"{'':>6} {'':>6} {'':>7} {'':>17}  first artifacts | reproducer"]
         for s in self.rows():
             rate, lo, hi = self.rate(s)
             mark = f"known: {s.known}" if s.known else ("NEW" if s.is_hit else "test failure")
-            lines.append(f"{s.count:>6} {rate:>7.2%} {f'[{lo:.1%}-{hi:.1%}]':>17}  {s.signature}")
-            lines.append(f"{'':>6} {'':>7} {'':>17}  {mark}")
-            lines.append(f"{'':>6} {'':>7} {'':>17}  {s.first_artifacts or '-'} | {s.reproducer or '-'}")
+            lines.append(f"{s.count:>6} {self.denominator(s):>6} {rate:>7.2%} "
+                         f"{f'[{lo:.1%}-{hi:.1%}]':>17}  {s.signature}")
+            lines.append(f"{'':>6} {'':>6} {'':>7} {'':>17}  {mark}")
+            lines.append(f"{'':>6} {'':>6} {'':>7} {'':>17}  {s.first_artifacts or '-'} | "
+                         f"{s.reproducer or '-'}")
         return "\n".join(lines)
 
     def observation_table(self, top: int = 30) -> str:
@@ -143,7 +162,8 @@ class Triage:
         sigs = []
         for s in self.rows():
             rate, lo, hi = self.rate(s)
-            sigs.append(dict(asdict(s), rate=rate, rate_95=[lo, hi], hit=s.is_hit))
+            sigs.append(dict(asdict(s), rate=rate, rate_95=[lo, hi], hit=s.is_hit,
+                             attempts=self.denominator(s)))
         return {"attempts": self.attempts, "runs": self.runs, "first_failure_s": self.first_failure_at,
                 "hits": self.hits(), "known_hits": self.hits(known=True), "new_hits": self.hits(known=False),
                 "observations": dict(sorted(self.observations.items(), key=lambda kv: -kv[1])),

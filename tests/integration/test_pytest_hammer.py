@@ -38,7 +38,7 @@ def test_hammer_n_runs_copies_on_two_workers_and_triages(tmp_path):
     sigs = tri["signatures"]
     assert all(s["signature"].startswith("crash SIGABRT") for s in sigs)
     assert sum(s["count"] for s in sigs) == 3
-    assert re.search(r"\d+\s+\d+\.\d\d%\s+\[[\d.]+%-[\d.]+%\]\s+crash SIGABRT", out), out[-2000:]
+    assert re.search(r"\d+\s+\d+\s+\d+\.\d\d%\s+\[[\d.]+%-[\d.]+%\]\s+crash SIGABRT", out), out[-2000:]
     assert all(s["known"] is None for s in sigs) and "NEW" in out   # no known bug declared
 
 
@@ -95,7 +95,7 @@ def test_hammered_smoke_race_shows_the_known_seed_signature_per_attempt(tmp_path
     assert seed, tri
     (s,) = seed
     assert s["known"] and "lore.kernel.org" in s["known"]
-    assert s["rate"] == s["count"] / tri["attempts"]
+    assert s["attempts"] == tri["attempts"] and s["rate"] == s["count"] / s["attempts"]
     assert s["rate_95"][0] < s["rate"] < s["rate_95"][1]
     assert tri["known_hits"] >= 2 and "known: https://lore.kernel.org" in out
     assert "no failures" not in out

@@ -145,3 +145,22 @@ def test_cores_are_sampled_only_once_the_evidence_is_in():
     assert all(b.cores_wanted() for _ in range(3))
     b(-6, err)
     assert sum(b.cores_wanted() for _ in range(8)) == 2
+
+
+def test_a_signature_rate_counts_only_the_tests_it_happened_in():
+    t = Triage()
+    race, other = "t.py::test_race[/r]", "t.py::test_precopy[/p]"
+    for _ in range(3):                    # three hammered copies of each test
+        t.add_run(10, [{"signature": SEED_SIG, "kind": "crash", "known": "u"}] * 2, test=race)
+        t.add_run(1, [], test=other)
+    (row,) = t.rows()
+    assert t.attempts == 33 and t.denominator(row) == 30
+    assert t.rate(row)[0] == 6 / 30
+    assert t.to_json()["signatures"][0]["attempts"] == 30
+
+
+def test_hammer_copies_share_one_test_id():
+    from harness.stress.pytest_hammer import base_test_id
+    assert base_test_id("t.py::test_race[/r/sigterm-h3]") == "t.py::test_race[/r/sigterm]"
+    assert base_test_id("t.py::test_aborts[h12]") == "t.py::test_aborts"
+    assert base_test_id("t.py::test_x[a-b]") == "t.py::test_x[a-b]"
