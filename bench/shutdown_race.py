@@ -74,6 +74,10 @@ def run_harness(base: MachineSpec, seconds: float, parallel: int, seed: int,
                            seed=seed, malloc_perturb=malloc_perturb)
         t = hammer(ShutdownRace(), cfg)
     seed_hits = sum(s.count for s in t.rows() if SHUTDOWN_QUERY_MIGRATE.matches(s.signature))
+    for s in t.rows():   # the other signatures, hangs included: what they were
+        if not SHUTDOWN_QUERY_MIGRATE.matches(s.signature):
+            print(f"  harness also hit {s.count}x {s.signature[:120]}"
+                  f"{' (known)' if s.known else ''}", flush=True)
     return Rates("harness", t.attempts, t.count("crash"), seed_hits, t.count("hang"), t.elapsed)
 
 

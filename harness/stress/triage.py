@@ -55,6 +55,15 @@ class SignatureStats:
         return self.kind in HIT_KINDS
 
 
+UNCLASSIFIED = ("NEW or unclassified: no assertion line and no core to read frames from "
+                "(cores are sampled while hammering; later hits of this kind get one)")
+
+
+def _bare(st: "SignatureStats") -> bool:
+    """A crash signature with nothing but its signal: no assertion, no frames."""
+    return st.kind == "crash" and ":" not in st.signature
+
+
 class Triage:
     """Per-attempt counts by signature. An attempt is one try at the race: a CLI
     hammer attempt, a plain test run, or one inner attempt of a test that loops
@@ -146,7 +155,8 @@ class Triage:
                  f"{'':>6} {'':>6} {'':>7} {'':>17}  first artifacts | reproducer"]
         for s in self.rows():
             rate, lo, hi = self.rate(s)
-            mark = f"known: {s.known}" if s.known else ("NEW" if s.is_hit else "test failure")
+            mark = f"known: {s.known}" if s.known else ("test failure" if not s.is_hit else
+                                                        UNCLASSIFIED if _bare(s) else "NEW")
             lines.append(f"{s.count:>6} {self.denominator(s):>6} {rate:>7.2%} "
                          f"{f'[{lo:.1%}-{hi:.1%}]':>17}  {s.signature}")
             lines.append(f"{'':>6} {'':>6} {'':>7} {'':>17}  {mark}")
@@ -183,7 +193,10 @@ class EvidenceBudget:
         self.sample_every = sample_every   # 1: every QEMU may dump core
         self.seen: dict[tuple, int] = {}
         self.launches = 0
-        self.hungry = False   # the last crash's class still wants evidence
+        self.last_cores = True             # what the last cores_wanted() said
+        # Crash classes without an assertion line that crashed without a core: only
+        # a core's frames tell them apart, so cores stay on until one of them has one.
+        self.needs_core: set[tuple] = set()
 
     def _limit(self, key: tuple) -> int:
         # Without an assertion line only the backtrace tells crashes apart.
@@ -192,14 +205,14 @@ class EvidenceBudget:
     def cores_wanted(self) -> bool:
         """Should the next QEMU dump core if it crashes? Writing a core costs 0.1-0.3 s
         at exit (about a whole clean attempt) even when nobody reads it. With
-        sample_every > 1: cores stay on until per_class crashes were seen and while
-        the last crash's class is short of evidence (a crash without an assertion
-        line and without a core has no frames to be told apart by), and then on one
+        sample_every > 1: cores stay on until per_class crashes were seen and while a
+        crash class without an assertion line still lacks a core, and then on one
         launch in sample_every, so a new class still gets its core within a few hits."""
         self.launches += 1
         crashes = sum(n for (rc, _), n in self.seen.items() if rc is not None and rc < 0)
-        return (crashes < self.per_class or self.hungry
-                or self.launches % self.sample_every == 0)
+        self.last_cores = (crashes < self.per_class or bool(self.needs_core)
+                           or self.launches % self.sample_every == 0)
+        return self.last_cores
 
     def __call__(self, rc: int, stderr: str) -> bool:
         from harness.qemu.outcome import normalize_assertion, parse_assertion
@@ -207,6 +220,6 @@ class EvidenceBudget:
         key = (rc, normalize_assertion(a) if a else None)
         n = self.seen.get(key, 0)
         self.seen[key] = n + 1
-        if rc is not None and rc < 0:
-            self.hungry = n + 1 < self._limit(key)
+        if rc is not None and rc < 0 and key[1] is None:
+            (self.needs_core.discard if self.last_cores else self.needs_core.add)(key)
         return n < self._limit(key)

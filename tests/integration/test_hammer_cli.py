@@ -100,10 +100,12 @@ def test_nothing_hit_exits_0(tmp_path):
 
 
 def test_known_hits_exit_0_with_allow_known_and_do_not_stop_until_new(tmp_path):
-    cp = run(["hammer", "shutdown-race", "--attempts", "6", "-j", "2", "--allow-known", "--until-new",
+    # 2 attempts a worker: their crashes all get cores (the first per_class ones always do),
+    # so a rare SIGSEGV variant is classified (known) rather than left without frames.
+    cp = run(["hammer", "shutdown-race", "--attempts", "4", "-j", "2", "--allow-known", "--until-new",
               "--seed", "5", "--artifacts", str(tmp_path)])
     tri = json.loads(next(tmp_path.glob("*/triage.json")).read_text())
     assert tri["known_hits"] >= 1, cp.stdout[-1500:]
     assert tri["new_hits"] == 0, tri["signatures"]
     assert cp.returncode == 0, cp.stdout[-1500:] + cp.stderr[-1500:]
-    assert tri["attempts"] == 6   # known hits do not stop --until-new
+    assert tri["attempts"] == 4   # known hits do not stop --until-new

@@ -141,9 +141,12 @@ def test_cores_are_sampled_only_once_the_evidence_is_in():
     b(-6, err)                         # the seed class got its evidence
     wanted = [b.cores_wanted() for _ in range(8)]
     assert sum(wanted) == 2            # one launch in four
-    b(-11, "")                         # a crash without assertion: its frames need a core
-    assert all(b.cores_wanted() for _ in range(3))
-    b(-6, err)
+    assert not b.cores_wanted()
+    b(-11, "")                         # a crash without assertion and without a core...
+    assert all(b.cores_wanted() for _ in range(3))   # ...cores stay on until one has a core
+    b(-6, err)                         # the seed class needs no core to be told apart
+    assert b.cores_wanted()
+    b(-11, "")                         # this SIGSEGV had its core
     assert sum(b.cores_wanted() for _ in range(8)) == 2
 
 
