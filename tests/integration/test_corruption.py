@@ -14,7 +14,7 @@ from harness.guest import integrity
 from harness.migration import catalog, requirements
 from harness.migration.runner import run_scenario
 from harness.pytest_plugin import side_binaries
-from harness.qemu.spec import GuestKind
+from harness.qemu.spec import GuestKind, GuestSpec
 
 pytestmark = pytest.mark.qemu
 FLIP_AT = (50 << 20) + 0x87b        # mid-page, inside the bootblock's [1 MiB, 100 MiB)
@@ -55,7 +55,7 @@ def test_a_flipped_byte_fails_the_proof(family, harness_run, base_spec, harness_
         pytest.skip(f"{s.path}: {reason}")
     if s.known_bug is not None and s.known_bug.affects(src.version_tuple):
         pytest.skip(f"{s.path}: known QEMU bug on {src.version} ({s.known_bug.url})")
-    base = base_spec.with_(guest=base_spec.guest.__class__(kind=GuestKind.BOOTBLOCK))
+    base = base_spec.with_(guest=GuestSpec(kind=GuestKind.BOOTBLOCK))
     real = integrity.prove_bootblock_pattern
     flipped = []
 
