@@ -50,6 +50,7 @@ class DrawContext:
     multifd: bool = False
     snapshots: bool = False    # the pair has a writable qcow2 disk
     hotplug: bool = False      # the pair has a free hotplug port
+    only: tuple = ()           # draw only these kinds (weight-0 ones too), e.g. ("freeze",)
 
 
 def outcome_class(reply: dict) -> str:

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 
 from harness.migration import catalog
+from harness.migration.base import chaos_eligible
 from harness.migration.scenario import Flow, Result, Scenario
 from harness.migration.transports import Transport
 from harness.qemu.spec import SpecError
@@ -56,6 +57,9 @@ def _options_tls(s: Scenario):
 
 def ineligible(s: Scenario) -> str | None:
     """Why scenario s cannot be a chaos base, or None."""
+    reason = chaos_eligible(s)
+    if reason:
+        return reason
     if s.flow not in CHAOS_FLOWS:
         return f"flow {s.flow.value} is not run under chaos"
     if s.transport not in CHAOS_TRANSPORTS:

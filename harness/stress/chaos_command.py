@@ -23,8 +23,9 @@ from harness.run import TestRun
 from harness.stress import bases as bases_mod
 from harness.stress.coverage import Coverage
 from harness.stress.engine import ChaosRecipe, base_of
-from harness.stress.hammer import (HammerConfig, cleanup_empty, draw_attempt, hammer, print_progress,
-                                   quiet_expected_noise, with_malloc_perturb)
+from harness.stress import display
+from harness.stress.hammer import (HammerConfig, cleanup_empty, draw_attempt, hammer, quiet_expected_noise,
+                                   with_malloc_perturb)
 from harness.stress.minimise import minimise, trials_for
 from harness.stress.plans import ChaosPlan, PlanError
 
@@ -48,6 +49,8 @@ def add_parser(sub) -> None:
                                                   "from (default: every eligible one)")
     p.add_argument("--scenario", action="append", default=[], metavar="PATH",
                    help="draw bases only from this catalog path (repeatable)")
+    p.add_argument("--kinds", default="", help="comma-separated action kinds to draw only (default: "
+                                               "all; e.g. freeze,quit to aim at hangs and shutdown)")
     p.add_argument("--corpus", metavar="DIR", help="plans that reached new coverage: loaded at start, "
                                                    "added to while running (default: ARTIFACTS/corpus)")
     p.add_argument("--seed", type=int, default=None, help="session seed (default: random, printed)")
@@ -76,11 +79,28 @@ def _validate(args) -> None:
         raise SpecError(f"-j {args.parallel} must be 1..64")
     if args.minimise_seconds < 0 or args.verify_seconds < 0:
         raise SpecError("--minimise-seconds and --verify-seconds must be >= 0")
+    from harness.runtime.actions import BY_KIND
+    for k in _kinds(args):
+        if k not in BY_KIND:
+            raise SpecError(f"--kinds {k}: no such action (have {', '.join(sorted(BY_KIND))})")
+
+
+def _kinds(args) -> tuple:
+    return tuple(k for k in args.kinds.split(",") if k)
 
 
 def main(args) -> int:
+    from harness import proctree
+    with proctree.interruptible("chaos", args.artifacts):
+        return _main(args)
+
+
+def _main(args) -> int:
     quiet_expected_noise()
     _validate(args)
+    from harness import dirs
+    dirs.local_run_root()                          # before any worker or QEMU starts
+    dirs.writable_dir(args.artifacts, "--artifacts")
     src_bin = probe(args.qemu_src or args.qemu).path
     dst_bin = probe(args.qemu_dst or args.qemu).path
     accel = accel_mod.resolve(src_bin, args.accel)
@@ -96,7 +116,8 @@ def main(args) -> int:
     surface = probe_surface(src_bin)
     corpus = Path(args.corpus).resolve() if args.corpus else root / "corpus"
     recipe = ChaosRecipe(surface=surface, bases=bases, actions=args.actions, span_ms=args.span_ms,
-                         corpus_dir=None if replaying else str(corpus), dst_binary=dst_bin)
+                         corpus_dir=None if replaying else str(corpus), dst_binary=dst_bin,
+                         kinds=_kinds(args))
     base_spec = MachineSpec(binary=src_bin, accel=accel, machine_type=mt)
     if replaying:
         if plan is None:
@@ -111,7 +132,7 @@ def main(args) -> int:
     root.mkdir(parents=True, exist_ok=True)
     (root / "seed.txt").write_text(json.dumps({
         "seed": seed, "qemu_src": src_bin, "qemu_dst": dst_bin, "accel": accel, "machine_type": mt,
-        "actions": args.actions, "span_ms": args.span_ms, "families": list(families),
+        "actions": args.actions, "span_ms": args.span_ms, "kinds": list(_kinds(args)), "families": list(families),
         "scenario": args.scenario, "corpus": str(corpus), "malloc_perturb": not args.no_malloc_perturb,
         "bases": [b.path for b in bases]}, indent=2) + "\n")
     print(f"chaos seed {seed}: {len(bases)} base(s), {len(surface.capabilities)} capabilities, "
@@ -120,7 +141,7 @@ def main(args) -> int:
           f"and verifying <= {args.verify_seconds:g}s; artifacts {root}", file=sys.stderr, flush=True)
     cfg = HammerConfig(base=base_spec, artifacts=root / "runs", seconds=args.seconds,
                        parallel=args.parallel, seed=seed, malloc_perturb=not args.no_malloc_perturb)
-    triage = hammer(recipe, cfg, print_progress)
+    triage = hammer(recipe, cfg, display.for_terminal())
     coverage = Coverage()
     coverage.add(triage.coverage)
     rows = triage.rows()
@@ -128,6 +149,7 @@ def main(args) -> int:
     for i, st in enumerate(rows[:args.max_findings]):
         print(f"[{i + 1}/{min(len(rows), args.max_findings)}] following up {st.signature} "
               f"({st.count} hit(s))", file=sys.stderr, flush=True)
+        st.attempts_seen = triage.attempts
         findings.append(_follow_up(st, recipe, base_spec, root, args))
     summary = {"seed": seed, "plans": triage.attempts, "seconds": round(triage.elapsed, 1),
                "plans_per_s": round(triage.attempts / triage.elapsed, 2) if triage.elapsed else 0,
@@ -139,6 +161,8 @@ def main(args) -> int:
         print(f"- {f['signature']}: {f['count']} hit(s) in {triage.attempts} plans; "
               f"{f['actions_before']} -> {f['actions_after']} step(s); {f.get('standalone', '-')}\n"
               f"  reproducer {f.get('reproducer', '-')}")
+    if triage.errors:
+        print(f"harness errors: {len(triage.errors)} (first: {triage.errors[0]['error']})")
     c = coverage.counts()
     print(f"seed {seed}; {triage.attempts} plans in {triage.elapsed:.0f}s "
           f"({summary['plans_per_s']}/s); coverage {c['tuples']} tuples, {c['transitions']} transitions, "
@@ -170,23 +194,29 @@ def _follow_up(st, recipe: ChaosRecipe, base_spec: MachineSpec, root: Path, args
     info = {"signature": st.signature, "kind": st.kind, "count": st.count, "base": plan.base,
             "first_artifacts": st.first_artifacts, "actions_before": len(plan.steps)}
     name = slug(st.signature)
-    res = minimise(plan, st.signature, base_spec, root / "minimise" / name,
-                   budget_s=args.minimise_seconds, attempt=recipe.attempt)
-    info.update(actions_after=len(res.minimal.steps), original_rate=res.original_rate,
-                final_rate=res.final_rate, minimise_runs=res.runs, minimise_log=res.log,
-                minimal_plan=res.minimal.to_dict(), minimised=res.reproducible)
-    rate = res.final_rate or res.original_rate
+    if args.minimise_seconds > 0:
+        print(f"    minimising {len(plan.steps)} step(s), <= {args.minimise_seconds:g}s", file=sys.stderr,
+              flush=True)
+        res = minimise(plan, st.signature, base_spec, root / "minimise" / name,
+                       budget_s=args.minimise_seconds, attempt=recipe.attempt)
+        info.update(actions_after=len(res.minimal.steps), original_rate=res.original_rate,
+                    final_rate=res.final_rate, minimise_runs=res.runs, minimise_log=res.log,
+                    minimal_plan=res.minimal.to_dict(), minimised=res.reproducible)
+        rate = res.final_rate or res.original_rate
+        minimal, measured = res.minimal, f"minimiser {res.final_rate:.2f} per run"
+        if not res.reproducible:
+            info["note"] = "not reproduced within the minimiser's budget: exported unminimised"
+            minimal = plan
+    else:
+        rate, minimal, measured = st.count / max(1, st.attempts_seen), plan, "not minimised"
+        info["note"] = "--minimise-seconds 0: exported unminimised"
+    info["actions_after"] = len(minimal.steps)
     attempts = max(5, min(100, trials_for(rate, 0.05, cap=100))) if rate else 50
-    minimal = res.minimal
-    if not res.reproducible:
-        info["actions_after"] = len(plan.steps)
-        info["note"] = "not reproduced within the minimiser's budget: exported unminimised"
-        minimal = plan
     hit_dir = _a_hit(root / "minimise" / name) or Path(st.first_artifacts)
     out = root / "reproducers" / f"{name}.py"
     try:
         export_chaos(minimal, st.signature, hit_dir, out, base=base_of(minimal, recipe.bases),
-                     hit_rate=f"{st.count} in the exploration; minimiser {res.final_rate:.2f} per run",
+                     hit_rate=f"{st.count} hit(s) in the exploration; {measured}",
                      versions=probe(base_spec.binary).version)
     except (OSError, ValueError, StopIteration, AttributeError) as exc:
         info["standalone"] = f"not exported: {exc}"
@@ -195,6 +225,8 @@ def _follow_up(st, recipe: ChaosRecipe, base_spec: MachineSpec, root: Path, args
     if args.verify_seconds <= 0:
         info["standalone"] = "not verified (--verify-seconds 0)"
         return info
+    print(f"    verifying {out.name} standalone: {attempts} attempt(s), <= {args.verify_seconds:g}s",
+          file=sys.stderr, flush=True)
     rc, line = run_script(out, attempts, args.verify_seconds)
     info["standalone"] = {0: "standalone: not seen", 1: "standalone: reproduces",
                           125: "standalone: could not decide"}.get(rc, f"standalone: exit {rc}") + f" ({line})"

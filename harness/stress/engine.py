@@ -54,6 +54,7 @@ class ChaosRecipe:
     span_ms: int = 800
     corpus_dir: str | None = None      # where new-coverage plans are written
     dst_binary: str | None = None      # cross-version pairs: the destination's binary
+    kinds: tuple = ()                  # --kinds: draw only these actions
     path: str = "/migration/chaos"
     _coverage: object = None
     _corpus: object = None
@@ -69,7 +70,7 @@ class ChaosRecipe:
 
     def draw_context(self, base) -> act.DrawContext:
         return act.DrawContext(surface=self.surface, postcopy=base.postcopy, tls=base.tls is not None,
-                               multifd=base.multifd, snapshots=True, hotplug=True)
+                               multifd=base.multifd, snapshots=True, hotplug=True, only=self.kinds)
 
     def draw(self, rng: random.Random) -> ChaosPlan:
         _, corpus = self._state()

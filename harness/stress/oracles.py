@@ -89,7 +89,9 @@ def settle(st: PairState, deadline: float, recover=None) -> str | None:
     paused postcopy once (recover() does it), wait for a terminal state."""
     src = st.pair.src
     if src.is_running():
-        src.qmp.try_cmd("migrate-set-parameters", SETTLE_PARAMS)
+        r = src.qmp.try_cmd("migrate-set-parameters", SETTLE_PARAMS, timeout=STATUS_TIMEOUT)
+        if r.get("timeout"):
+            return NO_REPLY      # judged as a hang at once: no second timeout on a dead monitor
     result, peer_gone_cut, recovered = None, False, False
     while time.monotonic() < deadline:
         if st.proxy is not None and not peer_gone_cut and not st.pair.dst.is_running():

@@ -142,8 +142,13 @@ def _check_args(action, args: tuple) -> None:
 
 # ------------------------------------------------------------------ drawing
 def draw_step(rng: random.Random, dc: DrawContext, span_ms: int, earlier: list) -> Step:
-    actions = [a for a in BY_KIND.values() if a.weight > 0 and a.enabled(dc)]
-    action = rng.choices(actions, [a.weight for a in actions])[0]
+    if dc.only:
+        actions = [a for a in BY_KIND.values() if a.kind in dc.only and a.enabled(dc)]
+    else:
+        actions = [a for a in BY_KIND.values() if a.weight > 0 and a.enabled(dc)]
+    if not actions:
+        raise PlanError(f"no action of {', '.join(dc.only) or 'any kind'} can run on this base and binary")
+    action = rng.choices(actions, [max(a.weight, 1) for a in actions])[0]
     if earlier and rng.random() < CLUSTER:
         prev = rng.choice(earlier)
         side, on, at = prev.side, prev.on, min(span_ms, prev.at_ms + rng.randint(0, 5))
