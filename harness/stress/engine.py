@@ -37,7 +37,7 @@ from harness.stress import oracles
 from harness.stress.oracles import PairState, Verdict, VerdictKind
 from harness.stress.plans import ChaosPlan, Step, generate, mutate
 
-PLAN_GRACE_MS = 300        # a triggered step whose phase never came is dropped after span + this
+PLAN_GRACE_MS = 100        # a triggered step whose phase never came is dropped after span + this
 DISK_MIB = 16
 
 
@@ -51,7 +51,7 @@ class ChaosRecipe:
     surface: Surface
     bases: list = field(default_factory=lambda: [bases_mod.PLAIN])
     actions: int = 6
-    span_ms: int = 800
+    span_ms: int = 500
     corpus_dir: str | None = None      # where new-coverage plans are written
     dst_binary: str | None = None      # cross-version pairs: the destination's binary
     kinds: tuple = ()                  # --kinds: draw only these actions

@@ -95,4 +95,5 @@ def test_short_run_reports_coverage_and_exits_by_what_it_found(tmp_path):
     assert "coverage" in cp.stdout and "Traceback" not in cp.stderr
     found = json.loads(next(tmp_path.glob("*/findings.json")).read_text())
     assert found["plans"] >= 1 and found["coverage"]["tuples"] >= 1
-    assert (cp.returncode == 1) == bool(found["violations"])
+    triage = json.loads(next(tmp_path.glob("*/triage.json")).read_text())
+    assert (cp.returncode == 1) == bool(triage["signatures"])

@@ -1,0 +1,49 @@
+"""bench/chaos-yield: `harness chaos` exploration only (no minimising, no verifying),
+at -j 1 and then -j J with the same seconds; prints plans/s, coverage and signatures
+for each and, on the last line, the -j J figures with the scaling ratio."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def run(seconds: float, parallel: int, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="chaos-yield-") as art:
+        cp = subprocess.run([sys.executable, "-m", "harness.cli", "chaos", "--seconds", str(seconds),
+                             "-j", str(parallel), "--minimise-seconds", "0", "--verify-seconds", "0",
+                             "--max-findings", "0", "--artifacts", art, *extra],
+                            capture_output=True, text=True, env=None)
+        if cp.returncode not in (0, 1):
+            sys.exit(f"chaos-yield: harness chaos exited {cp.returncode}: {cp.stderr.strip()[-400:]}")
+        found = json.loads(next(Path(art).glob("*/findings.json")).read_text())
+        sigs = json.loads(next(Path(art).glob("*/triage.json")).read_text()).get("signatures", [])
+    return {"plans_per_s": found["plans_per_s"], "plans": found["plans"], "coverage": found["coverage"],
+            "signatures": [s["signature"] for s in sigs]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("-j", "--parallel", type=int, default=2)
+    ap.add_argument("--qemu", default=None)
+    ap.add_argument("--families", default="")
+    a = ap.parse_args()
+    extra = (["--qemu", a.qemu] if a.qemu else []) + (["--families", a.families] if a.families else [])
+    one = run(a.seconds, 1, extra)
+    many = run(a.seconds, a.parallel, extra)
+    for j, r in ((1, one), (a.parallel, many)):
+        print(f"-j {j}: {r['plans']} plans, {r['plans_per_s']:.2f} plans/s, coverage {r['coverage']['tuples']} "
+              f"tuples / {r['coverage']['transitions']} transitions, {len(r['signatures'])} signature(s): "
+              + "; ".join(r["signatures"][:5]))
+    ratio = many["plans_per_s"] / one["plans_per_s"] if one["plans_per_s"] else float("nan")
+    print(f"chaos-yield -j {a.parallel}: {many['plans_per_s']:.2f} plans/s, "
+          f"{many['coverage']['tuples']} coverage tuples, {len(many['signatures'])} distinct signatures; "
+          f"scaling vs -j 1: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
