@@ -47,6 +47,9 @@ def pytest_addoption(parser):
                 help="seed for every random choice (default: random, printed and recorded)")
     g.addoption("--hammer", type=int, default=1, metavar="N",
                 help="run every selected test N times (copies spread over xdist workers)")
+    g.addoption("--chaos-seconds", type=float, default=None, metavar="SECONDS",
+                help="run the chaos engine as tests (tests/migration/test_chaos.py): one explorer per "
+                     "xdist worker for SECONDS each; without it those tests skip")
     g.addoption("--hammer-time", type=float, default=None, metavar="SECONDS",
                 help="repeat the selected tests until SECONDS have passed")
     g.addoption("--until-crash", action="store_true",
@@ -135,6 +138,8 @@ def _validate_options(config) -> None:
             raise SpecError(f"--hammer {o.hammer} must be >= 1")
         if o.hammer_time is not None and o.hammer_time <= 0:
             raise SpecError(f"--hammer-time {o.hammer_time} must be > 0")
+        if o.chaos_seconds is not None and o.chaos_seconds <= 0:
+            raise SpecError(f"--chaos-seconds {o.chaos_seconds:g} must be > 0")
     except (SpecError, BinaryError, HostError, inventory_mod.InventoryError, ValueError,
             dirs.DirError) as exc:
         raise pytest.UsageError(str(exc)) from None

@@ -97,3 +97,20 @@ def test_short_run_reports_coverage_and_exits_by_what_it_found(tmp_path):
     assert found["plans"] >= 1 and found["coverage"]["tuples"] >= 1
     triage = json.loads(next(tmp_path.glob("*/triage.json")).read_text())
     assert (cp.returncode == 1) == bool(triage["signatures"])
+
+
+def test_chaos_as_pytest_items_reports_through_the_triage(tmp_path):
+    """pytest --chaos-seconds: one explorer per worker; exit 0 (nothing) or 1 (violations)."""
+    cp = subprocess.run([sys.executable, "-m", "pytest", "tests/migration/test_chaos.py", "-p", "no:cacheprovider",
+                         "--chaos-seconds", "6", "--artifacts", str(tmp_path)], capture_output=True, text=True,
+                        timeout=300)
+    assert cp.returncode in (0, 1), cp.stdout[-3000:]
+    if cp.returncode == 1:      # a violation: first line is its signature, the triage counts it
+        assert "test_chaos[explorer0]" in cp.stdout and "harness triage" in cp.stdout, cp.stdout[-3000:]
+        triage = json.loads(next(tmp_path.glob("*/triage.json")).read_text())
+        assert triage["signatures"], triage
+    else:
+        assert "1 passed" in cp.stdout, cp.stdout[-3000:]
+    skipped = subprocess.run([sys.executable, "-m", "pytest", "tests/migration/test_chaos.py", "-p", "no:cacheprovider",
+                              "-q", "-rs", "--artifacts", str(tmp_path / "s")], capture_output=True, text=True)
+    assert skipped.returncode == 0 and "chaos runs only with --chaos-seconds" in skipped.stdout
