@@ -168,6 +168,13 @@ class ContinueSwitchover(Simple):
     arguments = {"state": "pre-switchover"}
 
 
+class Yank(Simple):
+    """yank the migration instance: QEMU drops the migration's connections at once."""
+
+    kind, command = "yank", "yank"
+    arguments = {"instances": [{"type": "migration"}]}
+
+
 class ColoLostHeartbeat(Simple):
     kind, command = "colo-lost-heartbeat", "x-colo-lost-heartbeat"
 
@@ -450,7 +457,7 @@ class LinkCut(Action):
 
 
 ALL: tuple = (SetCapability(), SetParameter(), StartPostcopy(), Pause(), Cancel(), ContinueSwitchover(),
-              ColoLostHeartbeat(), Recover(), IncomingAgain(), MigrateAgain(), SnapshotSave(),
+              ColoLostHeartbeat(), Yank(), Recover(), IncomingAgain(), MigrateAgain(), SnapshotSave(),
               SnapshotLoad(), SnapshotDelete(), Hmp(), BlockActivate(), Stop(), Cont(), Reset(),
               Quit(), Signal(), Freeze(), KillPeer(), DeviceHotplug(), QueryFlood(), StrayConnection(),
               LinkCut())

@@ -207,9 +207,10 @@ def judge(st: PairState, settled: str | None) -> Verdict | None:
 def state_machine_violation(statuses: list[str]) -> str | None:
     """First broken rule in one side's sequence of MIGRATION statuses, or None.
 
-    Rules that hold on every path QEMU has (a new migration always restarts at
-    'setup'): nothing leaves a terminal state except to 'setup'; 'cancelled'
-    only follows 'cancelling'; 'completed' never follows setup/none/cancelling.
+    Rules that hold on every path QEMU has (a new migration, or a savevm, which
+    reuses the migration state and goes 'setup' -> 'completed', always restarts at
+    'setup'): nothing leaves a terminal state except to 'setup'; 'cancelled' only
+    follows 'cancelling'; 'completed' never follows 'cancelling' or 'none'.
     """
     prev = "none"
     for cur in statuses:
@@ -217,7 +218,7 @@ def state_machine_violation(statuses: list[str]) -> str | None:
             return f"'{prev}' -> '{cur}'"
         if cur == "cancelled" and prev not in ("cancelling", "cancelled"):
             return f"'{prev}' -> 'cancelled' without 'cancelling'"
-        if cur == "completed" and prev in ("none", "setup", "cancelling"):
+        if cur == "completed" and prev in ("none", "cancelling"):
             return f"'{prev}' -> 'completed'"
         prev = cur
     return None
