@@ -1,352 +1,166 @@
 #!/usr/bin/env python3
-"""Standalone chaos reproducer exported by qemu-migration-harness.
+"""Standalone QEMU migration reproducer, exported by qemu-migration-harness (`harness chaos`).
 
-Violation: crash SIGABRT: yank_unregister_instance: Assertion 'QLIST_EMPTY(&entry->yankfns)' failed
+Shows:     crash SIGABRT: yank_unregister_instance: Assertion 'QLIST_EMPTY(&entry->yankfns)' failed
+Base:      /migration/chaos/precopy/tcp (catalog scenario whose migration setup it starts from)
+Hit rate:  1 in 31 engine runs before export
+Versions:  10.0.2
 
-Starts source and destination QEMU with the recorded command lines, migrates
-through a local TCP relay, applies the recorded actions at their times, lets
-the migration settle, and checks whether the same violation appears.
-Usage: python3 THIS_SCRIPT [--attempts N] [--seconds S]. Exit 0 if it hit.
-Only the Python standard library is needed.
+It starts a source and a destination QEMU (command lines below), migrates over a
+local TCP relay, replays the steps below (fired at +at_ms after `migrate`, or
+after the named side first reports the `on` status/event), settles the
+migration and looks for the same violation.
+
+Needs python3 and QEMU (qemu-system-x86_64, qemu-img) only.
+Usage: THIS_SCRIPT [--qemu PATH | --qemu-src PATH --qemu-dst PATH] [--attempts N] [--seconds S]
+Exit status (git bisect run): 0 not seen in the attempts (good), 1 seen (bad),
+125 QEMU could not start or nothing could be decided (skip).
+The last line is: RESULT hits=H attempts=A signature=S
 """
-import argparse, json, os, random, re, select, shutil, signal, socket, subprocess
-import sys, tempfile, threading, time
 
-CONFIG = json.loads('{\n "src": {\n  "binary": "/usr/bin/qemu-system-x86_64",\n  "args": [\n   "-name",\n   "source,debug-threads=on",\n   "-nodefaults",\n   "-no-user-config",\n   "-machine",\n   "dump-guest-core=off",\n   "-display",\n   "none",\n   "-accel",\n   "tcg",\n   "-machine",\n   "q35",\n   "-m",\n   "256",\n   "-smp",\n   "1",\n   "-chardev",\n   "socket,id=qmp0,path=@RUNDIR@/qmp.sock",\n   "-mon",\n   "chardev=qmp0,mode=control",\n   "-chardev",\n   "socket,id=qmp1,path=@RUNDIR@/qmp1.sock",\n   "-mon",\n   "chardev=qmp1,mode=control",\n   "-chardev",\n   "socket,id=serial0,path=@RUNDIR@/serial.sock",\n   "-serial",\n   "chardev:serial0",\n   "-drive",\n   "if=none,id=bootdisk,file=/root/.cache/qemu-migration-harness/images/bootblock-72638c9e20bab54f/bootblock.bin,format=raw,snapshot=on",\n   "-device",\n   "ide-hd,drive=bootdisk,secs=1,cyls=1,heads=1,bootindex=0"\n  ]\n },\n "dst": {\n  "binary": "/usr/bin/qemu-system-x86_64",\n  "args": [\n   "-name",\n   "destination,debug-threads=on",\n   "-nodefaults",\n   "-no-user-config",\n   "-machine",\n   "dump-guest-core=off",\n   "-display",\n   "none",\n   "-accel",\n   "tcg",\n   "-machine",\n   "q35",\n   "-m",\n   "256",\n   "-smp",\n   "1",\n   "-chardev",\n   "socket,id=qmp0,path=@RUNDIR@/qmp.sock",\n   "-mon",\n   "chardev=qmp0,mode=control",\n   "-chardev",\n   "socket,id=qmp1,path=@RUNDIR@/qmp1.sock",\n   "-mon",\n   "chardev=qmp1,mode=control",\n   "-chardev",\n   "socket,id=serial0,path=@RUNDIR@/serial.sock",\n   "-serial",\n   "chardev:serial0",\n   "-drive",\n   "if=none,id=bootdisk,file=/root/.cache/qemu-migration-harness/images/bootblock-72638c9e20bab54f/bootblock.bin,format=raw,snapshot=on",\n   "-device",\n   "ide-hd,drive=bootdisk,secs=1,cyls=1,heads=1,bootindex=0",\n   "-incoming",\n   "defer"\n  ]\n },\n "actions": [\n  {\n   "at_ms": 500,\n   "side": "src",\n   "do": [\n    "qmp",\n    "yank",\n    {\n     "instances": [\n      {\n       "type": "migration"\n      }\n     ]\n    }\n   ],\n   "text": "+500ms src yank"\n  },\n  {\n   "at_ms": 500,\n   "side": "src",\n   "do": [\n    "qmp",\n    "human-monitor-command",\n    {\n     "command-line": "savevm chaos"\n    }\n   ],\n   "text": "+500ms src savevm"\n  }\n ],\n "converge": {\n  "max-bandwidth": 1000000000,\n  "downtime-limit": 30000\n },\n "non_converge": {\n  "max-bandwidth": 3000000,\n  "downtime-limit": 1\n },\n "match": {\n  "signature": "crash SIGABRT: yank_unregister_instance: Assertion \'QLIST_EMPTY(&entry->yankfns)\' failed",\n  "returncode": -6,\n  "stderr": "yank_unregister_instance:\\\\ Assertion\\\\ [`\']QLIST_EMPTY\\\\(\\\\&entry\\\\->yankfns\\\\)[`\']\\\\ failed\\\\.",\n  "side": "source"\n }\n}')
-TERMINAL = ("completed", "failed", "cancelled")
-RELAY = []  # the attempt's relay, for observe()
+CONFIG = {'signature': "crash SIGABRT: yank_unregister_instance: Assertion 'QLIST_EMPTY(&entry->yankfns)' "
+              'failed',
+ 'base': '/migration/chaos/precopy/tcp',
+ 'src_binary': '/usr/bin/qemu-system-x86_64',
+ 'dst_binary': '/usr/bin/qemu-system-x86_64',
+ 'src_args': ['-name',
+              'source,debug-threads=on',
+              '-nodefaults',
+              '-no-user-config',
+              '-machine',
+              'dump-guest-core=off',
+              '-display',
+              'none',
+              '-accel',
+              'tcg',
+              '-machine',
+              'q35',
+              '-m',
+              '128',
+              '-smp',
+              '1',
+              '-chardev',
+              'socket,id=qmp0,path=@RUNDIR@/qmp.sock',
+              '-mon',
+              'chardev=qmp0,mode=control',
+              '-chardev',
+              'socket,id=qmp1,path=@RUNDIR@/qmp1.sock',
+              '-mon',
+              'chardev=qmp1,mode=control',
+              '-chardev',
+              'socket,id=serial0,path=@RUNDIR@/serial.sock',
+              '-serial',
+              'chardev:serial0',
+              '-drive',
+              'if=none,id=bootdisk,file=@BOOT@,format=raw,snapshot=on',
+              '-device',
+              'ide-hd,drive=bootdisk,secs=1,cyls=1,heads=1,bootindex=0',
+              '-blockdev',
+              '{"driver":"qcow2","node-name":"disk0","file":{"driver":"file","filename":"@DISK@"}}',
+              '-device',
+              'ide-hd,drive=disk0,bus=ide.1',
+              '-device',
+              'pcie-root-port,id=hp0,chassis=7'],
+ 'dst_args': ['-name',
+              'destination,debug-threads=on',
+              '-nodefaults',
+              '-no-user-config',
+              '-machine',
+              'dump-guest-core=off',
+              '-display',
+              'none',
+              '-accel',
+              'tcg',
+              '-machine',
+              'q35',
+              '-m',
+              '128',
+              '-smp',
+              '1',
+              '-chardev',
+              'socket,id=qmp0,path=@RUNDIR@/qmp.sock',
+              '-mon',
+              'chardev=qmp0,mode=control',
+              '-chardev',
+              'socket,id=qmp1,path=@RUNDIR@/qmp1.sock',
+              '-mon',
+              'chardev=qmp1,mode=control',
+              '-chardev',
+              'socket,id=serial0,path=@RUNDIR@/serial.sock',
+              '-serial',
+              'chardev:serial0',
+              '-drive',
+              'if=none,id=bootdisk,file=@BOOT@,format=raw,snapshot=on',
+              '-device',
+              'ide-hd,drive=bootdisk,secs=1,cyls=1,heads=1,bootindex=0',
+              '-incoming',
+              'defer',
+              '-blockdev',
+              '{"driver":"qcow2","node-name":"disk0","file":{"driver":"file","filename":"@DISK@"}}',
+              '-device',
+              'ide-hd,drive=disk0,bus=ide.1',
+              '-device',
+              'pcie-root-port,id=hp0,chassis=7'],
+ 'transport': 'tcp',
+ 'caps': [['events', True]],
+ 'src_params': {},
+ 'dst_params': {},
+ 'hold': {'max-bandwidth': 3000000, 'downtime-limit': 1},
+ 'settle': {'max-bandwidth': 1000000000,
+            'downtime-limit': 30000,
+            'max-postcopy-bandwidth': 0,
+            'avail-switchover-bandwidth': 0},
+ 'span_ms': 600,
+ 'steps': [{'kind': 'yank', 'side': 'src', 'at_ms': 500, 'args': [], 'text': '+500ms src yank'},
+           {'kind': 'hmp',
+            'side': 'src',
+            'at_ms': 500,
+            'args': ['savevm chaos'],
+            'text': '+500ms src hmp savevm chaos'}],
+ 'match': {'signature': 'crash SIGABRT: yank_unregister_instance: Assertion '
+                        "'QLIST_EMPTY(&entry->yankfns)' failed",
+           'returncode': -6,
+           'stderr': 'yank_unregister_instance:\\ Assertion\\ '
+                     "[`']QLIST_EMPTY\\(\\&entry\\->yankfns\\)[`']\\ failed\\.",
+           'side': 'source'},
+ 'tls_files': {},
+ 'bootblock_b64': '+vwxwI7YjsCO0LwAfLr4A7BB7uSSDAIk/uaSZg8BFoB8DyDAZoPIAQ8iwGbqM3wAAAgAZrgQAI7YjsCO4I7ojtC8AHwAAGa6+AOzQrkAABAA/gGBwQAQAACB+QAAQAZy8IjY7uvmZpAAAAAAAAAAAP//AAAAms8A//8AAACSzwAXAGh8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAVao='}
 
+ACTIONS_SOURCE = '"""Chaos actions: one small class per thing that can be done to a migrating pair.\n\nLike a Jepsen nemesis, each action draws its own arguments (from the binary\'s\nschema surface and the base\'s setup), applies itself through an Env, and says\nwhat happened as an outcome class. The engine (harness.stress.engine) and the\nexported standalone reproducer both call `apply` here: one implementation.\n\nEnv is whatever drives the two QEMUs; it needs:\n  qmp(side, command, args, timeout, oob) -> reply dict ({"return": ..} or\n      {"error": {"class", "desc"}}); raises NoReply on timeout, Gone if the\n      monitor is closed\n  flood(side, command, count, oob)   queue `count` commands on every monitor of side\n  signal(side, signame)              send a signal to that QEMU\n  expect_exit(side, rc)              that exit code is no longer news\n  alive(side) -> bool\n  listener(channel) -> (host, port) | None   main: the destination\'s migration\n                                     listener; recover: the last recovery listener\n  migrate_uri() -> str               where the source migrates to (maybe a relay)\n  set_recover_port(port)             remember the recovery listener\n  cut() -> int                       reset the migration connection(s)\n  hold(sock)                         keep a socket open until the attempt ends\n  pending_listener() -> str          a URI of a socket that listens but never accepts\n\nNothing here imports from harness.* (see harness.runtime).\n"""\nfrom __future__ import annotations\n\nimport socket\nfrom dataclasses import dataclass\n\nSIDES = ("src", "dst")\nQMP_TIMEOUT = 5.0\n\n\nclass NoReply(Exception):\n    """A QMP command got no reply within its timeout."""\n\n\nclass Gone(Exception):\n    """The monitor is closed (QEMU exited or closed it)."""\n\n\n@dataclass(frozen=True)\nclass DrawContext:\n    """What an action may draw from: the binary\'s surface and the base\'s setup."""\n\n    surface: object            # harness.runtime.surface.Surface\n    postcopy: bool = False     # the base has postcopy-ram on\n    tls: bool = False\n    multifd: bool = False\n    snapshots: bool = False    # the pair has a writable qcow2 disk\n    hotplug: bool = False      # the pair has a free hotplug port\n    only: tuple = ()           # draw only these kinds (weight-0 ones too), e.g. ("freeze",)\n\n\ndef outcome_class(reply: dict) -> str:\n    if "error" in reply:\n        return "refused:" + str(reply["error"].get("class", "?"))\n    return "ok"\n\n\ndef _qmp(env, side, cmd, args=None, oob=False, timeout=QMP_TIMEOUT) -> tuple[str, str]:\n    """(outcome class, words) of one QMP command."""\n    try:\n        r = env.qmp(side, cmd, args, timeout, oob)\n    except NoReply:\n        return "no-reply", f"{cmd}: no reply in {timeout:.0f}s"\n    except Gone:\n        return "disconnected", f"{cmd}: monitor gone"\n    cls = outcome_class(r)\n    if cls == "ok":\n        return cls, f"{cmd}: ok"\n    return cls, f"{cmd}: {r[\'error\'].get(\'class\')}: {str(r[\'error\'].get(\'desc\', \'\'))[:120]}"\n\n\nclass Action:\n    """Base: `kind` names it in plans; draw/apply/describe are the whole contract."""\n\n    kind = ""\n    weight = 1\n    sides = SIDES\n    needs_alive = True\n\n    def enabled(self, dc: DrawContext) -> bool:\n        return True\n\n    def draw(self, rng, dc: DrawContext) -> tuple:\n        return ()\n\n    def apply(self, env, side: str, args: tuple) -> tuple[str, str]:\n        raise NotImplementedError\n\n    def key(self, args: tuple) -> str:\n        """Coverage key: the kind, plus the name it acts on."""\n        return self.kind\n\n    def describe(self, args: tuple) -> str:\n        return self.kind + ("" if not args else " " + " ".join(map(str, args)))\n\n\n# ---------------------------------------------------------------- configuration\nclass SetCapability(Action):\n    kind = "set-cap"\n    weight = 4\n\n    def enabled(self, dc):\n        return dc.surface.has("migrate-set-capabilities") and bool(dc.surface.capabilities)\n\n    def draw(self, rng, dc):\n        return (rng.choice(dc.surface.capabilities), rng.random() < 0.6)\n\n    def apply(self, env, side, args):\n        return _qmp(env, side, "migrate-set-capabilities",\n                    {"capabilities": [{"capability": args[0], "state": args[1]}]})\n\n    def key(self, args):\n        return f"set-cap:{args[0]}"\n\n\nclass SetParameter(Action):\n    kind = "set-param"\n    weight = 6\n\n    def enabled(self, dc):\n        return dc.surface.has("migrate-set-parameters") and bool(dc.surface.parameters)\n\n    def draw(self, rng, dc):\n        from harness.runtime.surface import draw_value  # drawing only: reproducers replay\n        p = rng.choice(dc.surface.parameters)\n        return (p.name, draw_value(rng, p))\n\n    def apply(self, env, side, args):\n        return _qmp(env, side, "migrate-set-parameters", {args[0]: args[1]})\n\n    def key(self, args):\n        return f"set-param:{args[0]}"\n\n\n# ---------------------------------------------------------------- migration commands\nclass Simple(Action):\n    """One QMP command with fixed arguments."""\n\n    command = ""\n    arguments: dict | None = None\n    oob = False\n\n    def enabled(self, dc):\n        return dc.surface.has(self.command)\n\n    def apply(self, env, side, args):\n        return _qmp(env, side, self.command, self.arguments, oob=self.oob)\n\n\nclass StartPostcopy(Simple):\n    kind, command, sides, weight = "start-postcopy", "migrate-start-postcopy", ("src", "src", "dst"), 3\n\n\nclass Pause(Simple):\n    kind, command, oob, weight = "pause", "migrate-pause", True, 2\n\n\nclass Cancel(Simple):\n    kind, command, weight = "cancel", "migrate_cancel", 2\n\n\nclass ContinueSwitchover(Simple):\n    kind, command, sides = "continue", "migrate-continue", ("src",)\n    arguments = {"state": "pre-switchover"}\n\n\nclass Yank(Simple):\n    """yank the migration instance: QEMU drops the migration\'s connections at once."""\n\n    kind, command = "yank", "yank"\n    arguments = {"instances": [{"type": "migration"}]}\n\n\nclass ColoLostHeartbeat(Simple):\n    kind, command = "colo-lost-heartbeat", "x-colo-lost-heartbeat"\n\n\nclass Recover(Action):\n    """migrate-recover on the destination with a fresh listener, then a resuming\n    migrate from the source to it."""\n\n    kind, sides, weight = "recover", ("dst",), 2\n\n    def enabled(self, dc):\n        return dc.surface.has("migrate-recover")\n\n    def apply(self, env, side, args):\n        cls, words = _qmp(env, "dst", "migrate-recover", {"uri": "tcp:127.0.0.1:0"}, oob=True)\n        if cls != "ok":\n            return cls, words\n        port = None\n        try:\n            r = env.qmp("dst", "query-migrate", None, QMP_TIMEOUT, False)\n            addrs = r.get("return", {}).get("socket-address") or []\n            port = int(addrs[-1]["port"]) if addrs else None\n        except (NoReply, Gone, KeyError, ValueError):\n            pass\n        if port is None:\n            return cls, words + "; no recovery port"\n        env.set_recover_port(port)\n        cls2, words2 = _qmp(env, "src", "migrate", {"uri": f"tcp:127.0.0.1:{port}", "resume": True})\n        return cls2, f"{words}; {words2}"\n\n\nclass IncomingAgain(Action):\n    """migrate-incoming again: the same kind of URI, or another transport."""\n\n    kind, sides = "incoming-again", ("dst", "dst", "src")\n\n    def enabled(self, dc):\n        return dc.surface.has("migrate-incoming")\n\n    def draw(self, rng, dc):\n        return (rng.choice(["tcp:127.0.0.1:0", "tcp:127.0.0.1:0", "exec:cat /dev/null", "defer"]),)\n\n    def apply(self, env, side, args):\n        return _qmp(env, side, "migrate-incoming", {"uri": args[0]})\n\n\nclass MigrateAgain(Action):\n    """A second `migrate`: to the real destination, or to a socket that never accepts."""\n\n    kind, sides = "migrate-again", ("src", "src", "dst")\n\n    def enabled(self, dc):\n        return dc.surface.has("migrate")\n\n    def draw(self, rng, dc):\n        return (rng.choice(["same", "pending"]),)\n\n    def apply(self, env, side, args):\n        uri = env.migrate_uri() if args[0] == "same" else env.pending_listener()\n        return _qmp(env, side, "migrate", {"uri": uri})\n\n\n# ---------------------------------------------------------------- snapshots\nSNAP_DISK = "disk0"\n\n\nclass SnapshotJob(Action):\n    """snapshot-save / -load / -delete as jobs on the pair\'s qcow2 disk."""\n\n    weight = 1\n    command = ""\n\n    def enabled(self, dc):\n        return dc.snapshots and dc.surface.has(self.command)\n\n    def draw(self, rng, dc):\n        return (rng.choice(["chaos0", "chaos1"]), rng.getrandbits(16))\n\n    def apply(self, env, side, args):\n        a = {"job-id": f"{self.kind}-{args[1]}", "tag": args[0], "devices": [SNAP_DISK]}\n        if self.command != "snapshot-delete":\n            a["vmstate"] = SNAP_DISK\n        return _qmp(env, side, self.command, a)\n\n\nclass SnapshotSave(SnapshotJob):\n    kind, command = "snapshot-save", "snapshot-save"\n\n\nclass SnapshotLoad(SnapshotJob):\n    kind, command = "snapshot-load", "snapshot-load"\n\n\nclass SnapshotDelete(SnapshotJob):\n    kind, command = "snapshot-delete", "snapshot-delete"\n\n\nclass Hmp(Action):\n    """A human-monitor-command line (savevm, loadvm, quit, info migrate)."""\n\n    kind, weight = "hmp", 2\n\n    def enabled(self, dc):\n        return dc.surface.has("human-monitor-command")\n\n    def draw(self, rng, dc):\n        lines = ["info migrate", "info status", "info migrate_parameters"]\n        if dc.snapshots:\n            lines += ["savevm chaos", "loadvm chaos", "delvm chaos"]\n        lines += ["stop", "cont"]\n        return (rng.choice(lines),)\n\n    def apply(self, env, side, args):\n        return _qmp(env, side, "human-monitor-command", {"command-line": args[0]})\n\n    def key(self, args):\n        return "hmp:" + args[0].split()[0] + (":" + args[0].split()[1] if args[0].startswith("info") else "")\n\n\nclass BlockActivate(Action):\n    kind = "block-activate"\n\n    def enabled(self, dc):\n        return dc.snapshots and dc.surface.has("blockdev-set-active")\n\n    def draw(self, rng, dc):\n        return (rng.random() < 0.5,)\n\n    def apply(self, env, side, args):\n        return _qmp(env, side, "blockdev-set-active", {"active": args[0]})\n\n\n# ---------------------------------------------------------------- vm control\nclass RunControl(Simple):\n    weight = 2\n\n\nclass Stop(RunControl):\n    kind, command = "stop", "stop"\n\n\nclass Cont(RunControl):\n    kind, command = "cont", "cont"\n\n\nclass Reset(RunControl):\n    kind, command, weight = "system-reset", "system_reset", 1\n\n\nclass Quit(Action):\n    """quit by QMP or HMP: QEMU exits 0 (a crash on the way out is still news)."""\n\n    kind = "quit"\n\n    def draw(self, rng, dc):\n        return (rng.choice(["qmp", "hmp"]),)\n\n    def apply(self, env, side, args):\n        env.expect_exit(side, 0)\n        if args[0] == "hmp":\n            return _qmp(env, side, "human-monitor-command", {"command-line": "quit"})\n        return _qmp(env, side, "quit")\n\n\nclass Signal(Action):\n    """SIGTERM / SIGINT: a management-style shutdown, exit 0 expected."""\n\n    kind = "signal"\n\n    def draw(self, rng, dc):\n        return (rng.choice(["SIGTERM", "SIGTERM", "SIGINT"]),)\n\n    def apply(self, env, side, args):\n        env.expect_exit(side, 0)\n        env.signal(side, args[0])\n        return "sent", f"sent {args[0]}"\n\n\nclass Freeze(Action):\n    """SIGSTOP: never drawn (weight 0); hand-written plans use it to exercise the hang oracle."""\n\n    kind, weight = "freeze", 0\n\n    def apply(self, env, side, args):\n        env.signal(side, "SIGSTOP")\n        return "sent", "sent SIGSTOP"\n\n\nclass KillPeer(Action):\n    """SIGKILL of the other side: this side must cope with a vanished peer."""\n\n    kind = "kill-peer"\n\n    def apply(self, env, side, args):\n        peer = "dst" if side == "src" else "src"\n        env.expect_exit(peer, -9)\n        env.signal(peer, "SIGKILL")\n        return "sent", f"killed {peer}"\n\n\nclass DeviceHotplug(Action):\n    """device_add / device_del of a migratable device on a free root port."""\n\n    kind = "device"\n\n    def enabled(self, dc):\n        return dc.hotplug and dc.surface.has("device_add")\n\n    def draw(self, rng, dc):\n        return (rng.choice(["add", "add", "del"]),)\n\n    def apply(self, env, side, args):\n        if args[0] == "add":\n            return _qmp(env, side, "device_add", {"driver": "virtio-rng-pci", "id": "hot0", "bus": "hp0"})\n        return _qmp(env, side, "device_del", {"id": "hot0"})\n\n\n# ---------------------------------------------------------------- pressure\nQUERIES = ("query-migrate", "query-migrate-parameters", "query-migrate-capabilities",\n           "query-status", "query-migrationthreads", "query-jobs", "query-named-block-nodes",\n           "query-yank", "query-dirty-rate", "query-block-jobs")\n\n\nclass QueryFlood(Action):\n    """Queries queued on every monitor of one side (out-of-band where offered)."""\n\n    kind, weight = "query-flood", 6\n\n    def draw(self, rng, dc):\n        known = [q for q in QUERIES if dc.surface.has(q)] or ["query-status"]\n        return (rng.choice(known), rng.choice((1, 4, 16, 64)), rng.random() < 0.3)\n\n    def apply(self, env, side, args):\n        try:\n            env.flood(side, args[0], args[1], args[2])\n        except (Gone, OSError):\n            return "disconnected", f"{args[0]}: monitor gone"\n        return "sent", f"queued {args[1]} {args[0]}{\' (oob)\' if args[2] else \'\'}"\n\n    def key(self, args):\n        return f"query-flood:{args[0]}"\n\n\n# ---------------------------------------------------------------- connections and links\nclass StrayConnection(Action):\n    """Connect to a listening migration channel and hold it, or send garbage."""\n\n    kind, sides, weight = "stray", ("dst",), 2\n    needs_alive = False\n\n    def draw(self, rng, dc):\n        what = rng.choice(["hold", "garbage", "qemu-magic"])\n        return (rng.choice(["main", "main", "recover"]), what, rng.randbytes(rng.randint(1, 48)).hex())\n\n    def apply(self, env, side, args):\n        addr = env.listener(args[0])\n        if addr is None:\n            return "skipped", f"no {args[0]} listener"\n        try:\n            s = socket.create_connection(addr, timeout=1.0)\n            if args[1] == "garbage":\n                s.sendall(bytes.fromhex(args[2]))\n            elif args[1] == "qemu-magic":   # QEMU\'s stream magic, then junk: a channel that looks real\n                s.sendall(b"QEVM\\x00\\x00\\x00\\x03" + bytes.fromhex(args[2]))\n            env.hold(s)\n        except OSError as exc:\n            return "socket-error", f"{args[0]} listener: {exc.strerror or exc}"\n        return "sent", f"{args[1]} connection to {args[0]} listener"\n\n    def key(self, args):\n        return f"stray:{args[0]}:{args[1]}"\n\n\nclass LinkCut(Action):\n    kind, sides = "link-cut", ("src",)\n    needs_alive = False\n\n    def apply(self, env, side, args):\n        return "sent", f"cut {env.cut()} connection(s)"\n\n\nALL: tuple = (SetCapability(), SetParameter(), StartPostcopy(), Pause(), Cancel(), ContinueSwitchover(),\n              ColoLostHeartbeat(), Yank(), Recover(), IncomingAgain(), MigrateAgain(), SnapshotSave(),\n              SnapshotLoad(), SnapshotDelete(), Hmp(), BlockActivate(), Stop(), Cont(), Reset(),\n              Quit(), Signal(), Freeze(), KillPeer(), DeviceHotplug(), QueryFlood(), StrayConnection(),\n              LinkCut())\nBY_KIND = {a.kind: a for a in ALL}\n'
 
-class Timeout(Exception):
-    pass
+STANDALONE_SOURCE = '"""The standalone side of a chaos reproducer: QEMU processes, QMP, a TCP relay and\nan Env for harness.runtime.actions, with the standard library only.\n\nAn exported reproducer embeds this module and actions.py verbatim and runs\n`main(CONFIG)`; the steps it replays go through the same Action.apply code as\nthe engine\'s. CONFIG holds the two command lines (@RUNDIR@ for the run dir,\n@DISK@ for the shared qcow2 disk, @BOOT@ for the boot sector), the base\'s\ncaps and params, the steps and what counts as a hit.\n\nExit status follows `git bisect run`: 0 the violation did not show in the\nattempts, 1 it showed, 125 QEMU could not start or nothing could be decided.\nThe last line is `RESULT hits=H attempts=A signature=S`.\n"""\nimport argparse\nimport base64\nimport json\nimport os\nimport random\nimport re\nimport shutil\nimport signal\nimport socket\nimport subprocess\nimport sys\nimport tempfile\nimport threading\nimport time\n\nfrom harness.runtime import actions as act\n\nTERMINAL = ("completed", "failed", "cancelled")\nEXIT_GOOD, EXIT_BAD, EXIT_SKIP = 0, 1, 125\n\n\ndef die_with_parent():\n    """QEMU gets SIGKILL when this script ends, however it ends (Linux prctl)."""\n    try:\n        import ctypes\n        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG\n    except (OSError, AttributeError):\n        pass\n\n\nclass SetupError(Exception):\n    """QEMU could not be started or set up: the attempt decides nothing."""\n\n\nclass Mon:\n    """QMP over an accepted socket: replies by id; MIGRATION/STOP/RESUME events kept."""\n\n    def __init__(self, sock):\n        self.sock, self.replies, self.events = sock, {}, []\n        self.lock, self.n, self.closed = threading.Condition(), 0, False\n        self.f = sock.makefile("rb")\n        greeting = json.loads(self.f.readline())\n        self.oob = "oob" in greeting["QMP"].get("capabilities", [])\n        sock.sendall(json.dumps({"execute": "qmp_capabilities",\n                                 "arguments": {"enable": ["oob"]} if self.oob else {}}).encode() + b"\\n")\n        json.loads(self.f.readline())\n        threading.Thread(target=self._reader, daemon=True).start()\n\n    def _reader(self):\n        try:\n            for line in self.f:\n                msg = json.loads(line)\n                with self.lock:\n                    if "id" in msg:\n                        self.replies[msg["id"]] = msg\n                    elif "event" in msg:\n                        self.events.append((time.monotonic(), msg["event"], msg.get("data", {})))\n                    self.lock.notify_all()\n        except (OSError, ValueError):\n            pass\n        with self.lock:\n            self.closed = True\n            self.lock.notify_all()\n\n    def send(self, name, args=None, oob=False):\n        with self.lock:\n            self.n += 1\n            rid = f"r{self.n}"\n        msg = {"exec-oob" if oob and self.oob else "execute": name, "id": rid}\n        if args:\n            msg["arguments"] = args\n        try:\n            self.sock.sendall(json.dumps(msg).encode() + b"\\n")\n        except OSError:\n            self.closed = True\n        return rid\n\n    def cmd(self, name, args=None, timeout=5.0, oob=False):\n        rid = self.send(name, args, oob)\n        deadline = time.monotonic() + timeout\n        with self.lock:\n            while rid not in self.replies:\n                if self.closed:\n                    raise act.Gone(name)\n                left = deadline - time.monotonic()\n                if left <= 0:\n                    raise act.NoReply(name)\n                self.lock.wait(left)\n            return self.replies.pop(rid)\n\n\nclass Vm:\n    def __init__(self, side, binary, args, subst, perturb):\n        self.side, self.dir = side, tempfile.mkdtemp(prefix=f"repro-{side}-")\n        subst = dict(subst, **{"@RUNDIR@": self.dir})\n        argv = [binary]\n        for a in args:\n            for k, v in subst.items():\n                a = a.replace(k, v)\n            argv.append(a)\n        listeners = {}\n        for a in argv:\n            m = re.match(r"socket,id=([^,]+),path=([^,]+)$", a)\n            if m:\n                s = socket.socket(socket.AF_UNIX)\n                s.bind(m.group(2))\n                s.listen(1)\n                listeners[m.group(1)] = s\n        self.err = os.path.join(self.dir, "stderr")\n        env = dict(os.environ)\n        if perturb:  # glibc fills freed memory: a use-after-free becomes a crash\n            env["MALLOC_PERTURB_"] = str(perturb)\n        with open(self.err, "w") as e:\n            try:\n                self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,\n                                          stderr=e, cwd=self.dir, start_new_session=True, env=env,\n                                          preexec_fn=die_with_parent)\n            except OSError as exc:\n                raise SetupError(f"{side}: cannot run {binary}: {exc}") from None\n        conns = {}\n        deadline = time.monotonic() + 20\n        for name, s in listeners.items():\n            s.settimeout(0.2)\n            while name not in conns:\n                try:\n                    conns[name], _ = s.accept()\n                except OSError:\n                    if self.p.poll() is not None or time.monotonic() > deadline:\n                        raise SetupError(f"{side}: QEMU never connected its {name} socket: "\n                                         f"{open(self.err, errors=\'replace\').read().strip()[-300:]}") from None\n            conns[name].settimeout(None)\n            s.close()\n        try:\n            self.mons = [Mon(conns[n]) for n in sorted(conns) if n.startswith("qmp")]\n        except (OSError, ValueError):\n            raise SetupError(f"{side}: no QMP greeting: {open(self.err, errors=\'replace\').read()[-300:]}") from None\n        self.mon = self.mons[0]\n        self.serial, self.ser = b"", conns.get("serial0")\n        if self.ser is not None:\n            threading.Thread(target=self._serial, daemon=True).start()\n\n    def _serial(self):\n        while True:\n            try:\n                d = self.ser.recv(65536)\n            except OSError:\n                return\n            if not d:\n                return\n            self.serial += d\n\n    def wait_b(self, start, timeout):\n        end = time.monotonic() + timeout\n        while time.monotonic() < end:\n            if b"B" in self.serial[start:]:\n                return True\n            time.sleep(0.02)\n        return False\n\n    def alive(self):\n        return self.p.poll() is None\n\n    def status(self):\n        if not self.alive():\n            return None\n        try:\n            r = self.mon.cmd("query-migrate", timeout=5)\n        except act.NoReply:\n            return "no-reply"\n        except act.Gone:\n            return None\n        return r.get("return", {}).get("status", "none") if "return" in r else None\n\n    def kill(self):\n        try:\n            os.killpg(self.p.pid, signal.SIGKILL)\n        except OSError:\n            pass\n\n    def end(self):\n        if self.alive():\n            try:\n                self.mon.cmd("quit", timeout=5)\n            except (act.NoReply, act.Gone):\n                self.kill()\n            try:\n                self.p.wait(10)\n            except subprocess.TimeoutExpired:\n                self.kill()\n        self.p.wait()\n        rc = self.p.returncode\n        err = open(self.err, errors="replace").read()\n        shutil.rmtree(self.dir, ignore_errors=True)\n        return rc, err\n\n\nclass Relay:\n    """The migration link, relayed so that it can be cut."""\n\n    def __init__(self, port):\n        self.target, self.links = ("127.0.0.1", port), []\n        self.srv = socket.socket()\n        self.srv.bind(("127.0.0.1", 0))\n        self.srv.listen(16)\n        self.port = self.srv.getsockname()[1]\n        threading.Thread(target=self._accept, daemon=True).start()\n\n    def _accept(self):\n        while True:\n            try:\n                c, _ = self.srv.accept()\n                t = socket.create_connection(self.target)\n            except OSError:\n                return\n            self.links.append((c, t))\n            for a, b in ((c, t), (t, c)):\n                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()\n\n    @staticmethod\n    def _pump(a, b):\n        try:\n            while True:\n                d = a.recv(65536)\n                if not d:\n                    break\n                b.sendall(d)\n        except OSError:\n            pass\n        for s in (a, b):\n            try:\n                s.shutdown(socket.SHUT_RDWR)\n            except OSError:\n                pass\n\n    def cut(self):\n        n = len(self.links)\n        for c, t in self.links:\n            for s in (c, t):\n                try:\n                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\x01\\0\\0\\0\\0\\0\\0\\0")\n                    s.close()\n                except OSError:\n                    pass\n        self.links = []\n        return n\n\n    def close(self):\n        self.srv.close()\n        self.cut()\n\n\nclass Env:\n    """harness.runtime.actions\' Env over the standalone Vms."""\n\n    def __init__(self, vms, relay, main, migrate_uri):\n        self.vms, self.relay, self.main, self.uri = vms, relay, main, migrate_uri\n        self.recover, self.held, self.killed = None, [], set()\n\n    def qmp(self, side, command, args, timeout, oob):\n        if not self.vms[side].alive():\n            raise act.Gone(command)\n        return self.vms[side].mon.cmd(command, args, timeout, oob)\n\n    def flood(self, side, command, count, oob):\n        for mon in self.vms[side].mons:\n            for _ in range(count):\n                mon.send(command, None, oob)\n\n    def signal(self, side, signame):\n        if self.vms[side].alive():\n            self.vms[side].p.send_signal(getattr(signal, signame))\n\n    def expect_exit(self, side, rc):\n        self.killed.add(side)\n\n    def alive(self, side):\n        return self.vms[side].alive()\n\n    def listener(self, channel):\n        return self.main if channel == "main" else self.recover\n\n    def set_recover_port(self, port):\n        self.recover = ("127.0.0.1", port)\n\n    def migrate_uri(self):\n        return self.uri\n\n    def cut(self):\n        return self.relay.cut() if self.relay else 0\n\n    def hold(self, sock):\n        self.held.append(sock)\n\n    def pending_listener(self):\n        s = socket.socket()\n        s.bind(("127.0.0.1", 0))\n        s.listen(1)\n        self.held.append(s)\n        return f"tcp:127.0.0.1:{s.getsockname()[1]}"\n\n    def release(self):\n        for s in self.held:\n            try:\n                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\x01\\0\\0\\0\\0\\0\\0\\0")\n                s.close()\n            except OSError:\n                pass\n        self.held = []\n\n\ndef _first_seen(vm, key):\n    side_what = key.split(":", 1)[1]\n    for t, name, data in list(vm.mon.events):\n        if (name == "MIGRATION" and data.get("status") == side_what) or name == side_what:\n            return t\n    return None\n\n\ndef run_steps(cfg, env, vms):\n    t0 = time.monotonic()\n    end = t0 + (cfg["span_ms"] + 100) / 1000\n    pending = list(cfg["steps"])\n    while pending:\n        now = time.monotonic()\n        due = []\n        for i, s in enumerate(pending):\n            if s.get("on"):\n                seen = _first_seen(vms[s["on"].split(":")[0]], s["on"])\n                if seen is not None:\n                    due.append((max(seen, t0) + s["at_ms"] / 1000, i))\n            else:\n                due.append((t0 + s["at_ms"] / 1000, i))\n        ready = [d for d in due if d[0] <= now]\n        if ready:\n            s = pending.pop(min(ready)[1])\n            action = act.BY_KIND[s["kind"]]\n            if action.needs_alive and not env.alive(s["side"]):\n                continue\n            action.apply(env, s["side"], tuple(s["args"]))\n            continue\n        if now >= end and not due:\n            return\n        time.sleep(0.005)\n\n\ndef observe(cfg, env, vms):\n    """Settle as the engine does and name what is seen (the engine\'s phrases)."""\n    src, dst = vms["src"], vms["dst"]\n    try:\n        if src.alive():\n            src.mon.cmd("migrate-set-parameters", cfg["settle"], timeout=5)\n    except act.NoReply:\n        return "hang: src does not answer query-status"\n    except act.Gone:\n        pass\n    end, status, recovered = time.monotonic() + 40, None, False\n    while time.monotonic() < end:\n        if not dst.alive() and env.relay:\n            env.relay.cut()\n        status = src.status()\n        if status in TERMINAL or status is None or status == "no-reply":\n            break\n        if status == "pre-switchover":\n            try:\n                src.mon.cmd("migrate-continue", {"state": "pre-switchover"}, timeout=5)\n            except (act.NoReply, act.Gone):\n                pass\n        if status == "postcopy-paused":\n            if recovered or not dst.alive():\n                return "clean"\n            recovered = True\n            act.Recover().apply(env, "dst", ())\n        time.sleep(0.05)\n    for name, vm in vms.items():\n        if vm.alive() and name not in env.killed:\n            try:\n                vm.mon.cmd("query-status", timeout=5)\n            except act.NoReply:\n                return f"hang: {name} does not answer query-status"\n            except act.Gone:\n                pass\n    if "src" in env.killed:\n        return "clean"\n    if status is not None and status not in TERMINAL:\n        return f"hang: migration stuck in \'{status}\'"\n    if status == "completed" and "dst" not in env.killed:\n        end = time.monotonic() + 15\n        dstat = dst.status()\n        while dst.alive() and dstat not in TERMINAL and time.monotonic() < end:\n            time.sleep(0.05)\n            dstat = dst.status()\n        if not dst.alive() or dstat == "failed":\n            return "lost-vm: source completed, destination failed to load"\n        if dstat != "completed":\n            return f"inconsistent: source completed, destination \'{dstat}\'"\n    return "clean"\n\n\ndef attempt(cfg, subst, perturb, bins):\n    vms, relay, env = {}, None, None\n    try:\n        vms["src"] = Vm("src", bins["src"], cfg["src_args"], subst, perturb)\n        vms["dst"] = Vm("dst", bins["dst"], cfg["dst_args"], subst, perturb)\n        src, dst = vms["src"], vms["dst"]\n        if not src.wait_b(0, 30):\n            raise SetupError("the source guest never ran")\n        try:\n            for side in ("src", "dst"):\n                vms[side].mon.cmd("migrate-set-capabilities", {"capabilities": [\n                    {"capability": k, "state": v} for k, v in cfg["caps"]]})\n                params = cfg[f"{side}_params"]\n                if params:\n                    vms[side].mon.cmd("migrate-set-parameters", params)\n            if cfg["transport"] == "unix":\n                path = os.path.join(dst.dir, "mig.sock")\n                dst.mon.cmd("migrate-incoming", {"uri": f"unix:{path}"})\n                env = Env(vms, None, path, f"unix:{path}")\n            else:\n                dst.mon.cmd("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})\n                port = int(dst.mon.cmd("query-migrate")["return"]["socket-address"][0]["port"])\n                relay = Relay(port)\n                env = Env(vms, relay, ("127.0.0.1", port), f"tcp:127.0.0.1:{relay.port}")\n            src.mon.cmd("migrate-set-parameters", cfg["hold"])\n            src.mon.cmd("migrate", {"uri": env.migrate_uri()})\n        except (act.NoReply, act.Gone, KeyError) as exc:\n            raise SetupError(f"migration setup failed: {exc!r}") from None\n        run_steps(cfg, env, vms)\n        env.release()\n        seen = observe(cfg, env, vms)\n    finally:\n        if env is not None:\n            env.release()\n        if relay:\n            relay.close()\n        exits = {side: vm.end() for side, vm in vms.items()}\n    return seen, exits\n\n\ndef hit(cfg, seen, exits):\n    m = cfg["match"]\n    if m["signature"].startswith("crash"):\n        side = {"source": "src", "destination": "dst"}.get(m.get("side"))\n        for s, (rc, err) in exits.items():\n            if side and s != side:\n                continue\n            if isinstance(rc, int) and rc == m.get("returncode") and (\n                    not m.get("stderr") or re.search(m["stderr"], err)):\n                return True\n        return False\n    if m["signature"].startswith("stderr:"):\n        return any(m["stderr_text"] in err for _, err in exits.values())\n    return seen == m["signature"]\n\n\ndef main(cfg):\n    ap = argparse.ArgumentParser(description="Standalone QEMU migration reproducer. Exit 0: not seen "\n                                 "(good), 1: seen (bad), 125: cannot decide (git bisect run: skip).")\n    ap.add_argument("--qemu", help="QEMU binary for both sides (default: the recorded ones)")\n    ap.add_argument("--qemu-src", help="QEMU binary for the source")\n    ap.add_argument("--qemu-dst", help="QEMU binary for the destination")\n    ap.add_argument("--attempts", type=int, default=cfg.get("attempts", 20), help="attempts at most")\n    ap.add_argument("--seconds", type=float, default=600, help="time budget")\n    ap.add_argument("--stop-on-hit", action="store_true", help="stop at the first hit (bisecting)")\n    ap.add_argument("--no-malloc-perturb", action="store_true",\n                    help="do not set a random MALLOC_PERTURB_ (use-after-free then rarely crashes)")\n    a = ap.parse_args()\n    if a.attempts < 1 or a.seconds <= 0:\n        ap.error("--attempts must be >= 1 and --seconds > 0")\n    bins = {"src": a.qemu_src or a.qemu or cfg["src_binary"], "dst": a.qemu_dst or a.qemu or cfg["dst_binary"]}\n    work = tempfile.mkdtemp(prefix="repro-shared-")\n    boot = os.path.join(work, "bootblock.bin")\n    with open(boot, "wb") as f:\n        f.write(base64.b64decode(cfg["bootblock_b64"]))\n    disk = os.path.join(work, "disk0.qcow2")\n    subst = {"@BOOT@": boot, "@DISK@": disk}\n    print("plan:", "; ".join(s["text"] for s in cfg["steps"]) or "(no steps)", flush=True)\n    t0, n, hits, skips = time.monotonic(), 0, 0, 0\n    try:\n        while n < a.attempts and time.monotonic() - t0 < a.seconds:\n            if os.path.exists(disk):\n                os.unlink(disk)\n            try:\n                subprocess.run([cfg.get("qemu_img", "qemu-img"), "create", "-q", "-f", "qcow2", disk, "16M"],\n                               check=True, timeout=30)\n                seen, exits = attempt(cfg, subst, None if a.no_malloc_perturb else random.randint(1, 255), bins)\n            except (SetupError, OSError, subprocess.SubprocessError) as exc:\n                skips += 1\n                print(f"attempt {n + 1}: cannot decide: {exc}", flush=True)\n                if skips >= 3 and not n:\n                    break\n                continue\n            n += 1\n            h = hit(cfg, seen, exits)\n            hits += h\n            print(f"attempt {n}: {\'HIT\' if h else \'miss\'}: {seen}; exits "\n                  f"{ {s: rc for s, (rc, _) in exits.items()} }", flush=True)\n            if h and a.stop_on_hit:\n                break\n    finally:\n        shutil.rmtree(work, ignore_errors=True)\n    print(f"RESULT hits={hits} attempts={n} signature={cfg[\'match\'][\'signature\'] if hits else \'-\'}")\n    sys.exit(EXIT_BAD if hits else (EXIT_SKIP if n == 0 else EXIT_GOOD))\n'
 
-
-class Mon:
-    """QMP over an accepted socket: replies by id, events kept."""
-
-    def __init__(self, sock):
-        self.sock, self.buf, self.replies, self.lock = sock, b"", {}, threading.Condition()
-        self.n, self.closed = 0, False
-        self.f = sock.makefile("rb")
-        greeting = json.loads(self.f.readline())
-        self.oob = "oob" in greeting["QMP"].get("capabilities", [])
-        sock.sendall(json.dumps({"execute": "qmp_capabilities",
-                                 "arguments": {"enable": ["oob"]} if self.oob else {}}).encode() + b"\n")
-        json.loads(self.f.readline())
-        threading.Thread(target=self._reader, daemon=True).start()
-
-    def _reader(self):
-        try:
-            for line in self.f:
-                msg = json.loads(line)
-                if "id" in msg:
-                    with self.lock:
-                        self.replies[msg["id"]] = msg
-                        self.lock.notify_all()
-        except (OSError, ValueError):
-            pass
-        with self.lock:
-            self.closed = True
-            self.lock.notify_all()
-
-    def send(self, name, args=None, oob=False):
-        self.n += 1
-        key = "exec-oob" if oob and self.oob else "execute"
-        msg = {key: name, "id": f"r{self.n}"}
-        if args:
-            msg["arguments"] = args
-        try:
-            self.sock.sendall(json.dumps(msg).encode() + b"\n")
-        except OSError:
-            self.closed = True
-        return f"r{self.n}"
-
-    def cmd(self, name, args=None, timeout=5.0, oob=False):
-        rid = self.send(name, args, oob)
-        deadline = time.time() + timeout
-        with self.lock:
-            while rid not in self.replies:
-                if self.closed:
-                    return {"error": {"class": "Disconnected"}}
-                left = deadline - time.time()
-                if left <= 0:
-                    raise Timeout(name)
-                self.lock.wait(left)
-            return self.replies.pop(rid)
-
-
-class Vm:
-    def __init__(self, side, binary, args, perturb):
-        self.side, self.dir = side, tempfile.mkdtemp(prefix=f"repro-{side}-")
-        argv = [binary] + [a.replace("@RUNDIR@", self.dir) for a in args]
-        listeners = {}
-        for a in argv:
-            m = re.match(r"socket,id=([^,]+),path=([^,]+)$", a)
-            if m:
-                s = socket.socket(socket.AF_UNIX)
-                s.bind(m.group(2))
-                s.listen(1)
-                listeners[m.group(1)] = s
-        self.err = os.path.join(self.dir, "stderr")
-        env = dict(os.environ)
-        if perturb:  # glibc fills freed memory: use-after-free becomes a crash
-            env["MALLOC_PERTURB_"] = str(perturb)
-        with open(self.err, "w") as e:
-            self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=e, cwd=self.dir, start_new_session=True, env=env)
-        conns = {}
-        for name, s in listeners.items():
-            s.settimeout(20)
-            conns[name], _ = s.accept()
-            s.close()
-        self.mon = Mon(conns["qmp0"])
-        self.serial, self.ser = b"", conns["serial0"]
-        threading.Thread(target=self._serial, daemon=True).start()
-
-    def _serial(self):
-        while True:
-            try:
-                d = self.ser.recv(65536)
-            except OSError:
-                return
-            if not d:
-                return
-            self.serial += d
-
-    def wait_b(self, start, timeout):
-        end = time.time() + timeout
-        while time.time() < end:
-            if b"B" in self.serial[start:]:
-                return True
-            time.sleep(0.02)
-        return False
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def status(self):
-        if not self.alive():
-            return None
-        try:
-            r = self.mon.cmd("query-migrate", timeout=5)
-        except Timeout:
-            return "no-reply"
-        return r.get("return", {}).get("status", "none") if "return" in r else None
-
-    def end(self):
-        if self.alive():
-            try:
-                self.mon.cmd("quit", timeout=5)
-            except Timeout:
-                os.killpg(self.p.pid, signal.SIGKILL)  # frozen or hung: no point waiting
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait()
-        rc = self.p.returncode
-        err = open(self.err, errors="replace").read()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        return rc, err
+# The harness's own action code and standalone driver, verbatim (one implementation).
+import os, sys, types, base64, tempfile, atexit, shutil
 
 
-class Relay:
-    def __init__(self, port):
-        self.target, self.links = ("127.0.0.1", port), []
-        self.srv = socket.socket()
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(8)
-        self.port = self.srv.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.srv.accept()
-                t = socket.create_connection(self.target)
-            except OSError:
-                return
-            self.links.append((c, t))
-            for a, b in ((c, t), (t, c)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a, b):
-        try:
-            while True:
-                d = a.recv(65536)
-                if not d:
-                    break
-                b.sendall(d)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self):
-        for c, t in self.links:
-            for s in (c, t):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-                s.close()
-        self.links = []
-
-    def close(self):
-        self.srv.close()
-        self.cut()
+def _install(name, source):
+    for i in range(1, name.count(".") + 1):
+        pkg = name.rsplit(".", name.count(".") - i + 1)[0]
+        sys.modules.setdefault(pkg, types.ModuleType(pkg))
+    mod = types.ModuleType(name)
+    sys.modules[name] = mod
+    exec(compile(source, name.replace(".", "/") + ".py", "exec"), mod.__dict__)
+    return mod
 
 
-def act(vms, relay, port, strays, side, do):
-    vm = vms[side]
-    other = vms["dst" if side == "src" else "src"]
-    op = do[0]
-    try:
-        if op == "qmp-burst" and vm.alive():
-            for _ in range(do[3]):
-                vm.mon.send(do[1])
-        elif op in ("qmp", "qmp-oob") and vm.alive():
-            vm.mon.cmd(do[1], do[2] or None, timeout=5, oob=(op == "qmp-oob"))
-        elif op == "signal" and vm.alive():
-            vm.p.send_signal(getattr(signal, do[1]))
-        elif op == "kill-peer" and other.alive():
-            other.p.send_signal(signal.SIGKILL)
-        elif op == "garbage":
-            s = socket.create_connection(("127.0.0.1", port), timeout=1)
-            s.sendall(bytes.fromhex(do[1]))
-            s.close()
-        elif op == "stray":
-            strays.append(socket.create_connection(("127.0.0.1", port), timeout=1))
-        elif op == "cut":
-            relay.cut()
-    except (OSError, Timeout):
-        pass
-
-
-def observe(vms, actions):
-    """Settle like the harness does and name what we see (same phrases)."""
-    src, dst = vms["src"], vms["dst"]
-    if src.alive():
-        try:
-            src.mon.cmd("migrate-set-parameters", CONFIG["converge"], timeout=5)
-        except Timeout:
-            return "hang: src does not answer query-status"
-    end, status = time.time() + 40, None
-    while time.time() < end:
-        if not dst.alive():
-            RELAY[0].cut()  # a dead peer's kernel would reset the connection
-        status = src.status()
-        if status in TERMINAL or status is None or status == "no-reply":
-            break
-        if status == "pre-switchover":
-            try:
-                src.mon.cmd("migrate-continue", {"state": "pre-switchover"}, timeout=5)
-            except Timeout:
-                pass
-        time.sleep(0.1)
-    for name, vm in vms.items():
-        if vm.alive():
-            try:
-                vm.mon.cmd("query-status", timeout=5)
-            except Timeout:
-                return f"hang: {name} does not answer query-status"
-    if status is not None and status not in TERMINAL:
-        return f"hang: migration stuck in '{status}'"
-    if status == "completed":
-        end = time.time() + 15
-        dstat = dst.status()
-        while dst.alive() and dstat not in TERMINAL and time.time() < end:
-            time.sleep(0.1)
-            dstat = dst.status()
-        if not dst.alive() or dstat == "failed":
-            return "lost-vm: source completed, destination failed to load"
-        if dstat != "completed":
-            return f"inconsistent: source completed, destination '{dstat}'"
-    if status in ("failed", "cancelled") and src.alive():
-        if dst.alive():
-            try:
-                if dst.mon.cmd("query-status", timeout=5).get("return", {}).get("status") == "running":
-                    return f"inconsistent: source {status}, destination running the guest"
-            except Timeout:
-                pass
-        try:
-            src.mon.cmd("cont", timeout=5)
-        except Timeout:
-            pass
-        if not src.wait_b(len(src.serial), 15):
-            return f"lost-vm: source {status} and lost its guest"
-    return "clean"
-
-
-def attempt(perturb):
-    vms, relay, strays = {}, None, []
-    try:
-        vms["src"] = Vm("src", CONFIG["src"]["binary"], CONFIG["src"]["args"], perturb)
-        vms["dst"] = Vm("dst", CONFIG["dst"]["binary"], CONFIG["dst"]["args"], perturb)
-        src, dst = vms["src"], vms["dst"]
-        if not src.wait_b(0, 30):
-            return "setup: source guest never ran", {}
-        caps = {"capabilities": [{"capability": "events", "state": True}]}
-        src.mon.cmd("migrate-set-capabilities", caps)
-        dst.mon.cmd("migrate-set-capabilities", caps)
-        dst.mon.cmd("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
-        port = dst.mon.cmd("query-migrate")["return"]["socket-address"][0]["port"]
-        relay = Relay(int(port))
-        RELAY[:] = [relay]
-        src.mon.cmd("migrate-set-parameters", CONFIG["non_converge"])
-        src.mon.cmd("migrate", {"uri": f"tcp:127.0.0.1:{relay.port}"})
-        t0 = time.time()
-        for a in CONFIG["actions"]:
-            delay = t0 + a["at_ms"] / 1000 - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            act(vms, relay, int(port), strays, a["side"], a["do"])
-        seen = observe(vms, CONFIG["actions"])
-    except Timeout as exc:
-        seen = f"hang: no reply to {exc}"
-    finally:
-        for s in strays:
-            s.close()
-        if relay:
-            relay.close()
-        exits = {side: vm.end() for side, vm in vms.items()}
-    return seen, exits
-
-
-def hit(seen, exits):
-    m = CONFIG["match"]
-    if m["signature"].startswith("crash"):
-        side = {"source": "src", "destination": "dst"}.get(m.get("side"))
-        for s, (rc, err) in exits.items():
-            if side and s != side:
-                continue
-            if isinstance(rc, int) and rc == m.get("returncode") and (
-                    not m.get("stderr") or re.search(m["stderr"], err)):
-                return True
-        return False
-    return seen == m["signature"]
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--attempts", type=int, default=20)
-    ap.add_argument("--seconds", type=float, default=600)
-    ap.add_argument("--no-malloc-perturb", action="store_true",
-                    help="do not set a random MALLOC_PERTURB_ (use-after-free then rarely crashes)")
-    a = ap.parse_args()
-    print("plan:", "; ".join(x["text"] for x in CONFIG["actions"]) or "(no actions)")
-    t0, n, hits = time.time(), 0, 0
-    while n < a.attempts and time.time() - t0 < a.seconds:
-        seen, exits = attempt(None if a.no_malloc_perturb else random.randint(1, 255))
-        n += 1
-        h = hit(seen, exits)
-        hits += h
-        rcs = {s: rc for s, (rc, _) in exits.items()}
-        print(f"attempt {n}: {'HIT' if h else 'miss'}: {seen}; exits {rcs}", flush=True)
-    print(f"attempts {n} hits {hits} hit-rate {hits / max(n, 1):.2f} seconds {time.time() - t0:.1f}")
-    sys.exit(0 if hits else 1)
+def _tls_dir(files):
+    d = tempfile.mkdtemp(prefix="repro-tls-")
+    atexit.register(shutil.rmtree, d, True)
+    for rel, data in files.items():
+        p = os.path.join(d, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(base64.b64decode(data))
+        os.chmod(p, 0o600)
+    return d
 
 
 if __name__ == "__main__":
-    main()
+    _install("harness.runtime.actions", ACTIONS_SOURCE)
+    standalone = _install("harness.runtime.standalone", STANDALONE_SOURCE)
+    if CONFIG["tls_files"]:
+        tls = _tls_dir(CONFIG["tls_files"])
+        for k in ("src_args", "dst_args"):
+            CONFIG[k] = [a.replace("@TLS@", tls) for a in CONFIG[k]]
+    standalone.main(CONFIG)

@@ -102,7 +102,7 @@ def _main(args) -> int:
     _validate(args)
     from harness import dirs
     dirs.local_run_root()                          # before any worker or QEMU starts
-    dirs.writable_dir(args.artifacts, "--artifacts")
+    dirs.writable_dir(args.artifacts, "--artifacts", create=False)
     src_bin = probe(args.qemu_src or args.qemu).path
     dst_bin = probe(args.qemu_dst or args.qemu).path
     accel = accel_mod.resolve(src_bin, args.accel)

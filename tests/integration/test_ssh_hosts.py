@@ -284,7 +284,8 @@ def inner_catalog(tmp_path, *args):
 def test_smoke_tier_across_hosts(tmp_path, farm, place):
     cp, out = inner_catalog(tmp_path, "-m", "smoke", "-n", "2", "--place", place)
     assert cp.returncode == 0, out[-4000:]
-    assert "9 passed, 2 xfailed" in out, out[-2000:]
+    # RDMA's no-device scenario counts apart: it exercises the error path only
+    assert "8 passed, 2 xfailed, 1 passed (error path only)" in out, out[-2000:]
 
 
 def test_postcopy_recovers_after_real_link_cut_across_hosts(tmp_path, farm):
