@@ -151,7 +151,10 @@ _BAIL_OUT = re.compile(r"^Bail out! ")
 #                                  "** (prog:123): ERROR **: 12:34:56.789: msg"
 _GLIB_ERROR = re.compile(r"(?:^|\s)(?:[\w-]+-)?ERROR \*\*: (?:\d\d:\d\d:\d\d\.\d+: )?(?P<msg>.*)$")
 _QEMU_ERROR_ABORT = re.compile(r"^Unexpected error in (?P<func>[\w.]+)\(\) at (?P<file>[^:]+):(?P<line>\d+):\s*$")
-_QEMU_FATAL = re.compile(r"^qemu(?:-system-\w+)?: (?:fatal|hardware error): (?P<msg>.*)$")
+# QEMU's fatal messages, each printed right before it aborts: "fatal:", "hardware error:",
+# and runstate_set()'s refusal of a transition its table does not allow.
+_QEMU_FATAL = re.compile(r"^qemu(?:-system-\w+)?: (?:(?:fatal|hardware error): (?P<msg>.*)"
+                         r"|invalid runstate transition: .*)$")
 _SAN_ERROR = re.compile(
     r"^(?:==\d+==)?(?:ERROR|WARNING): (?P<tool>\w+Sanitizer): (?P<msg>.*?)\s*$"
 )

@@ -434,7 +434,12 @@ class StrayConnection(Action):
         if addr is None:
             return "skipped", f"no {args[0]} listener"
         try:
-            s = socket.create_connection(addr, timeout=1.0)
+            if isinstance(addr, str):          # a UNIX socket path (unix transport)
+                s = socket.socket(socket.AF_UNIX)
+                s.settimeout(1.0)
+                s.connect(addr)
+            else:
+                s = socket.create_connection(addr, timeout=1.0)
             if args[1] == "garbage":
                 s.sendall(bytes.fromhex(args[2]))
             elif args[1] == "qemu-magic":   # QEMU's stream magic, then junk: a channel that looks real

@@ -203,3 +203,34 @@ def test_actions_module_is_stdlib_only():
         assert all(ln.startswith(("import ", "from harness.runtime")) or ln.split()[1] in sys.stdlib_module_names
                    for ln in top), top
     assert set(BY_KIND) == {x.kind for x in ALL} and Param("x", "int")
+
+
+def test_stray_connection_reaches_unix_and_tcp_listeners(tmp_path):
+    """The unix transport's listener is a path: a stray connection must reach it too."""
+    import socket as so
+    from harness.runtime.actions import StrayConnection
+
+    class Env:
+        def __init__(self, addr):
+            self.addr, self.held = addr, []
+
+        def listener(self, channel):
+            return self.addr
+
+        def hold(self, s):
+            self.held.append(s)
+
+    path = str(tmp_path / "mig.sock")
+    u = so.socket(so.AF_UNIX)
+    u.bind(path)
+    u.listen(1)
+    t = so.socket()
+    t.bind(("127.0.0.1", 0))
+    t.listen(1)
+    for addr in (path, t.getsockname()):
+        env = Env(addr)
+        outcome, words = StrayConnection().apply(env, "dst", ("main", "garbage", "00ff"))
+        assert outcome == "sent" and len(env.held) == 1, words
+        env.held[0].close()
+    u.close()
+    t.close()

@@ -100,6 +100,9 @@ def test_crash_lines():
     # QEMU's own words are not a shell's job message
     assert crash_lines("qemu-system-x86_64: migration Aborted by user\n") == ()
     assert crash_lines("qemu: fatal: Trying to execute code outside RAM or ROM at 0x00000000000a0000\n")
+    # runstate_set() prints this, then aborts (seen by chaos: loadvm during a migration)
+    line = "qemu-system-x86_64: invalid runstate transition: 'restore-vm' -> 'finish-migrate'"
+    assert crash_lines("qemu-system-x86_64: load of migration failed: Invalid argument\n" + line + "\n") == (line,)
 
 
 # ---------------------------------------------------------------- gdb parsing
