@@ -18,6 +18,7 @@ from pathlib import Path
 
 import harness.runtime.actions as actions_mod
 import harness.runtime.standalone as standalone_mod
+from harness.report import repro_contract
 from harness.report.reproducer import run_script_tree
 from harness.stress import oracles
 from harness.stress.plans import ChaosPlan
@@ -117,6 +118,7 @@ migration and looks for the same violation.
 
 Needs python3 and QEMU (qemu-system-x86_64, qemu-img) only.
 Usage: {name} [--qemu PATH | --qemu-src PATH --qemu-dst PATH] [--attempts N] [--seconds S]
+       (--qemu defaults to qemu-system-x86_64 on PATH; the exporting run used {binaries})
 Exit status (git bisect run): 0 not seen in the attempts (good), 1 seen (bad),
 125 QEMU could not start or nothing could be decided (skip).
 The last line is: RESULT hits=H attempts=A signature=S
@@ -151,29 +153,38 @@ def _tls_dir(files):
 
 
 if __name__ == "__main__":
+    contract = _install("qmh_repro_contract", CONTRACT_SOURCE)
     _install("harness.runtime.actions", ACTIONS_SOURCE)
     standalone = _install("harness.runtime.standalone", STANDALONE_SOURCE)
     if CONFIG["tls_files"]:
         tls = _tls_dir(CONFIG["tls_files"])
         for k in ("src_args", "dst_args"):
             CONFIG[k] = [a.replace("@TLS@", tls) for a in CONFIG[k]]
-    standalone.main(CONFIG)
+    standalone.main(CONFIG, contract)
 '''
 
 
 def _script(config: dict, signature: str, hit_rate: str, versions: str) -> str:
     head = HEADER.format(signature=signature, base=config["base"], hit_rate=hit_rate,
-                         versions=versions or "the recorded binaries only", name="THIS_SCRIPT")
+                         versions=versions or "the exporting run's only", name="THIS_SCRIPT",
+                         binaries=", ".join(sorted({config["src_binary"], config["dst_binary"]})))
     body = "CONFIG = " + pprint.pformat(config, width=100, sort_dicts=False) + "\n\n"
-    sources = (f"ACTIONS_SOURCE = {Path(actions_mod.__file__).read_text()!r}\n\n"
+    sources = (f"CONTRACT_SOURCE = {repro_contract.EMBED!r}\n\n"
+               f"ACTIONS_SOURCE = {Path(actions_mod.__file__).read_text()!r}\n\n"
                f"STANDALONE_SOURCE = {Path(standalone_mod.__file__).read_text()!r}\n")
     return head + "\n" + body + sources + LOADER
 
 
-def run_script(script: Path, attempts: int, seconds: float) -> tuple[int, str]:
+def run_script(script: Path, attempts: int, seconds: float, qemu_src: str | None = None,
+               qemu_dst: str | None = None) -> tuple[int, str]:
     """(exit status, RESULT line) of a standalone run (python3 -I: nothing of the
-    harness importable), in its own process group, killed whole on an interrupt."""
-    cp = run_script_tree([sys.executable, "-I", str(script), "--attempts", str(attempts),
-                          "--seconds", str(seconds)], timeout=seconds + 180)
+    harness importable), in its own process group, killed whole on an interrupt.
+    qemu_src/qemu_dst: the binaries explored (the script's default is PATH's)."""
+    argv = [sys.executable, "-I", str(script), "--attempts", str(attempts), "--seconds", str(seconds)]
+    if qemu_src:
+        argv += ["--qemu-src", qemu_src]
+    if qemu_dst:
+        argv += ["--qemu-dst", qemu_dst]
+    cp = run_script_tree(argv, timeout=seconds + 180)
     last = (cp.stdout.strip().splitlines() or ["no output"])[-1]
     return cp.returncode, last

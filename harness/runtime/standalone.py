@@ -2,7 +2,7 @@
 an Env for harness.runtime.actions, with the standard library only.
 
 An exported reproducer embeds this module and actions.py verbatim and runs
-`main(CONFIG)`; the steps it replays go through the same Action.apply code as
+`main(CONFIG, contract)` (the reproducer contract's options, RESULT line and exit codes); the steps it replays go through the same Action.apply code as
 the engine's. CONFIG holds the two command lines (@RUNDIR@ for the run dir,
 @DISK@ for the shared qcow2 disk, @BOOT@ for the boot sector), the base's
 caps and params, the steps and what counts as a hit.
@@ -11,7 +11,6 @@ Exit status follows `git bisect run`: 0 the violation did not show in the
 attempts, 1 it showed, 125 QEMU could not start or nothing could be decided.
 The last line is `RESULT hits=H attempts=A signature=S`.
 """
-import argparse
 import base64
 import json
 import os
@@ -29,7 +28,6 @@ import time
 from harness.runtime import actions as act
 
 TERMINAL = ("completed", "failed", "cancelled")
-EXIT_GOOD, EXIT_BAD, EXIT_SKIP = 0, 1, 125
 
 
 def die_with_parent():
@@ -465,21 +463,17 @@ def hit(cfg, seen, exits):
     return seen == m["signature"]
 
 
-def main(cfg):
-    ap = argparse.ArgumentParser(description="Standalone QEMU migration reproducer. Exit 0: not seen "
-                                 "(good), 1: seen (bad), 125: cannot decide (git bisect run: skip).")
-    ap.add_argument("--qemu", help="QEMU binary for both sides (default: the recorded ones)")
-    ap.add_argument("--qemu-src", help="QEMU binary for the source")
-    ap.add_argument("--qemu-dst", help="QEMU binary for the destination")
-    ap.add_argument("--attempts", type=int, default=cfg.get("attempts", 20), help="attempts at most")
-    ap.add_argument("--seconds", type=float, default=600, help="time budget")
-    ap.add_argument("--stop-on-hit", action="store_true", help="stop at the first hit (bisecting)")
-    ap.add_argument("--no-malloc-perturb", action="store_true",
-                    help="do not set a random MALLOC_PERTURB_ (use-after-free then rarely crashes)")
-    a = ap.parse_args()
-    if a.attempts < 1 or a.seconds <= 0:
-        ap.error("--attempts must be >= 1 and --seconds > 0")
-    bins = {"src": a.qemu_src or a.qemu or cfg["src_binary"], "dst": a.qemu_dst or a.qemu or cfg["dst_binary"]}
+def main(cfg, contract):
+    """contract: the reproducer contract (harness/report/repro_contract.py EMBED, loaded
+    as a module by the script): its options, RESULT line and exit codes."""
+    def extra(ap):
+        ap.add_argument("--stop-on-hit", action="store_true", help="stop at the first hit (bisecting)")
+        ap.add_argument("--no-malloc-perturb", action="store_true",
+                        help="do not set a random MALLOC_PERTURB_ (use-after-free then rarely crashes)")
+    a = contract.contract_args(f"Standalone QEMU migration reproducer: {cfg['match']['signature']}. "
+                               "For git bisect run: exit 0 not seen, 1 seen, 125 cannot decide.", attempts=cfg.get("attempts", 20),
+                               seconds=600.0, extra=extra)
+    bins = {"src": a.qemu_src, "dst": a.qemu_dst}
     work = tempfile.mkdtemp(prefix="repro-shared-")
     boot = os.path.join(work, "bootblock.bin")
     with open(boot, "wb") as f:
@@ -487,7 +481,7 @@ def main(cfg):
     disk = os.path.join(work, "disk0.qcow2")
     subst = {"@BOOT@": boot, "@DISK@": disk}
     print("plan:", "; ".join(s["text"] for s in cfg["steps"]) or "(no steps)", flush=True)
-    t0, n, hits, skips = time.monotonic(), 0, 0, 0
+    t0, n, hits, skips, why = time.monotonic(), 0, 0, 0, ""
     try:
         while n < a.attempts and time.monotonic() - t0 < a.seconds:
             if os.path.exists(disk):
@@ -498,6 +492,7 @@ def main(cfg):
                 seen, exits = attempt(cfg, subst, None if a.no_malloc_perturb else random.randint(1, 255), bins)
             except (SetupError, OSError, subprocess.SubprocessError) as exc:
                 skips += 1
+                why = str(exc)
                 print(f"attempt {n + 1}: cannot decide: {exc}", flush=True)
                 if skips >= 3 and not n:
                     break
@@ -511,5 +506,4 @@ def main(cfg):
                 break
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"RESULT hits={hits} attempts={n} signature={cfg['match']['signature'] if hits else '-'}")
-    sys.exit(EXIT_BAD if hits else (EXIT_SKIP if n == 0 else EXIT_GOOD))
+    contract.finish(hits, n, cfg["match"]["signature"], why)

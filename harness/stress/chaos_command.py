@@ -237,7 +237,8 @@ def _follow_up(st, recipe: ChaosRecipe, base_spec: MachineSpec, root: Path, args
         return info
     print(f"    verifying {out.name} standalone: {attempts} attempt(s), <= {args.verify_seconds:g}s",
           file=sys.stderr, flush=True)
-    rc, line = run_script(out, attempts, args.verify_seconds)
+    rc, line = run_script(out, attempts, args.verify_seconds, base_spec.binary,
+                          recipe.dst_binary or base_spec.binary)
     info["standalone"] = {0: "standalone: not seen", 1: "standalone: reproduces",
                           125: "standalone: could not decide"}.get(rc, f"standalone: exit {rc}") + f" ({line})"
     return info

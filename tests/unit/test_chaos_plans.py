@@ -186,7 +186,7 @@ def test_exported_script_is_self_contained_and_bisect_ready(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     help_ = subprocess.run([sys.executable, "-I", str(out), "--help"], cwd=empty, capture_output=True, text=True)
-    assert help_.returncode == 0 and "git bisect run" in help_.stdout
+    assert help_.returncode == 0 and "git bisect run" in " ".join(help_.stdout.split())
     cp = subprocess.run([sys.executable, "-I", str(out), "--qemu", "/bin/false", "--attempts", "2",
                          "--seconds", "60"], cwd=empty, capture_output=True, text=True, timeout=120)
     assert cp.returncode == 125, cp.stdout + cp.stderr
