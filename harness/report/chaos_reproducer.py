@@ -19,19 +19,9 @@ from pathlib import Path
 import harness.runtime.actions as actions_mod
 import harness.runtime.standalone as standalone_mod
 from harness.report import repro_contract
-from harness.report.reproducer import run_script_tree
+from harness.report.reproducer import match_for, run_script_tree
 from harness.stress import oracles
 from harness.stress.plans import ChaosPlan
-
-
-def _outcome_match(outcome: dict) -> dict:
-    """Same signal (returncode) and the assertion text, if any."""
-    m: dict = {"returncode": outcome.get("returncode")}
-    assertion = outcome.get("assertion")
-    if assertion:
-        core = re.sub(r"^.*?:\d+: ", "", assertion)
-        m["stderr"] = "[`']".join(re.escape(part) for part in re.split(r"[`']", core))
-    return m
 
 
 def _argv(machine_dir: Path, subst: dict) -> tuple[str, list[str]]:
@@ -72,7 +62,7 @@ def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, 
         for side in ("source", "destination"):
             o = json.loads((attempt_dir / side / "outcome.json").read_text())
             if o.get("kind") == "crash":
-                match.update(_outcome_match(o), side=side)
+                match.update(match_for(o), side=side)
                 break
     elif signature.startswith("stderr:"):
         match["stderr_text"] = signature.split(": ", 1)[1].split("N")[0][:60]

@@ -245,7 +245,7 @@ if __name__ == "__main__":
 '''
 
 
-def _match_for(outcome: dict) -> dict:
+def match_for(outcome: dict) -> dict:
     """What counts as a hit: same signal (returncode) and the assertion text, if any."""
     if outcome.get("kind") == "hang":
         return {"hang": True}

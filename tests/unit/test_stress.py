@@ -1,5 +1,5 @@
 
-from harness.report.reproducer import _match_for
+from harness.report.reproducer import match_for
 from harness.stress.command import slug
 from harness.stress.hammer import attempt_seed, draw_attempt, with_malloc_perturb
 from harness.stress.known_bugs import match
@@ -67,11 +67,11 @@ def test_known_bug_matching():
 
 
 def test_reproducer_match_tolerates_quote_style_and_line_numbers():
-    m = _match_for({"returncode": -6, "assertion":
+    m = match_for({"returncode": -6, "assertion":
                     "qemu-system-x86_64: migration/options.c:766: migrate_mode: Assertion `mode >= 0' failed."})
     assert m["returncode"] == -6
     assert re.search(m["stderr"], "x: ../migration/options.c:901: migrate_mode: Assertion 'mode >= 0' failed.")
-    assert _match_for({"kind": "hang"}) == {"hang": True}
+    assert match_for({"kind": "hang"}) == {"hang": True}
 
 
 def test_slug():
