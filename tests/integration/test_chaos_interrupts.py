@@ -40,8 +40,29 @@ def _ours(root: str) -> list[str]:
     ("minimising", signal.SIGTERM),
     ("verifying", signal.SIGINT),
 ])
-def test_interrupt_in_each_phase_leaves_nothing(phase, sig, tmp_path):
-    root = Path(tempfile.mkdtemp(prefix="qmh-ci-", dir="/tmp"))   # short: AF_UNIX paths live here
+@pytest.fixture
+def run_root():
+    """A private, short run root (AF_UNIX paths live here), reaped and removed whatever happens."""
+    from harness import proctree
+    root = Path(tempfile.mkdtemp(prefix="qmh-ci-", dir="/tmp"))
+    yield root
+    proctree.reap_orphans(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def chaos_procs():
+    """Popen objects started by the test: their whole session is killed if the test failed early."""
+    procs: list = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_interrupt_in_each_phase_leaves_nothing(phase, sig, tmp_path, run_root, chaos_procs):
+    root = run_root
     env = dict(os.environ, HARNESS_RUN_ROOT=str(root), CI="true")
     # Verifying: no minimisation (it costs minutes for hangs on a loaded machine).
     minimise = "0" if phase == "verifying" else "120"
@@ -51,6 +72,7 @@ def test_interrupt_in_each_phase_leaves_nothing(phase, sig, tmp_path):
                              "--artifacts", str(tmp_path / "art")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
+    chaos_procs.append(proc)
     lines: list[str] = []
     t = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     t.start()
@@ -80,7 +102,3 @@ def test_interrupt_in_each_phase_leaves_nothing(phase, sig, tmp_path):
     assert not left, left
     if sig is not signal.SIGKILL:       # a SIGKILLed controller's dirs are reaped by the next run
         assert not list(root.iterdir()), list(root.iterdir())
-    else:
-        from harness import proctree
-        proctree.reap_orphans(root)
-    shutil.rmtree(root, ignore_errors=True)
