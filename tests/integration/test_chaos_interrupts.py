@@ -34,12 +34,6 @@ def _ours(root: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("phase, sig", [
-    ("exploring", signal.SIGINT),
-    ("exploring", signal.SIGKILL),
-    ("minimising", signal.SIGTERM),
-    ("verifying", signal.SIGINT),
-])
 @pytest.fixture
 def run_root():
     """A private, short run root (AF_UNIX paths live here), reaped and removed whatever happens."""
@@ -61,6 +55,12 @@ def chaos_procs():
             p.wait()
 
 
+@pytest.mark.parametrize("phase, sig", [
+    ("exploring", signal.SIGINT),
+    ("exploring", signal.SIGKILL),
+    ("minimising", signal.SIGTERM),
+    ("verifying", signal.SIGINT),
+])
 def test_interrupt_in_each_phase_leaves_nothing(phase, sig, tmp_path, run_root, chaos_procs):
     root = run_root
     env = dict(os.environ, HARNESS_RUN_ROOT=str(root), CI="true")
