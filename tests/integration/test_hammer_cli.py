@@ -92,11 +92,17 @@ def test_repro_replays_a_recorded_attempt_seed_on_two_binaries(hammered, tmp_pat
 
 
 def test_nothing_hit_exits_0(tmp_path):
-    # query-status does not touch the migration object: no crash expected at shutdown.
-    cp = run(["hammer", "shutdown-race", "--attempts", "4", "-j", "2", "--commands", "query-status",
-              "--no-malloc-perturb", "--artifacts", str(tmp_path)])
-    assert cp.returncode == 0, cp.stdout[-1500:] + cp.stderr[-1500:]
-    assert "hits 0 (known 0, new 0)" in cp.stdout
+    # query-status does not touch the migration object, but any query can still meet the
+    # known dispatcher-wake bug at shutdown now and then: a run with a hit must exit 1, and
+    # within three runs one is clean and exits 0.
+    for i in range(3):
+        cp = run(["hammer", "shutdown-race", "--attempts", "4", "-j", "2", "--commands", "query-status",
+                  "--no-malloc-perturb", "--artifacts", str(tmp_path / str(i))])
+        if "hits 0 (known 0, new 0)" in cp.stdout:
+            assert cp.returncode == 0, cp.stdout[-1500:] + cp.stderr[-1500:]
+            return
+        assert cp.returncode == 1, cp.stdout[-1500:] + cp.stderr[-1500:]
+    pytest.fail("three runs of 4 query-status attempts all hit something: " + cp.stdout[-1500:])
 
 
 def test_known_hits_exit_0_with_allow_known_and_do_not_stop_until_new(tmp_path):
