@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 
 from harness.migration import catalog
-from harness.migration.base import chaos_eligible
+from harness.migration.base import chaos_eligible, describe
 from harness.migration.scenario import Flow, Result, Scenario
 from harness.migration.transports import Transport
 from harness.qemu.spec import SpecError
@@ -45,15 +45,6 @@ class ChaosBase:
     def multifd(self) -> bool:
         return dict(self.caps).get("multifd", False)
 
-    def to_dict(self) -> dict:
-        return {"path": self.path}
-
-
-def _options_tls(s: Scenario):
-    opts = s.options
-    tls = opts.get("tls") if hasattr(opts, "get") else getattr(opts, "tls", None)
-    return tls
-
 
 def ineligible(s: Scenario) -> str | None:
     """Why scenario s cannot be a chaos base, or None."""
@@ -72,24 +63,23 @@ def ineligible(s: Scenario) -> str | None:
         return "needs its own QEMU arguments or local descriptors"
     if s.guest is not None and s.guest.value != "bootblock":
         return "boots the Linux guest (chaos draws the guest itself)"
-    tls = _options_tls(s)
-    if tls is not None and getattr(tls, "mismatch", False):
+    if getattr(describe(s).tls, "mismatch", False):
         return "mismatched TLS credentials"
     return None
 
 
 def from_scenario(s: Scenario) -> ChaosBase:
+    """The scenario's migration setup as harness.migration.base.describe() gives it;
+    chaos flows set the same caps on both sides (describe's per-side split only
+    differs for background snapshots, which are not chaos bases)."""
     reason = ineligible(s)
     if reason:
         raise SpecError(f"{s.path} cannot be a chaos base: {reason}")
-    caps = dict(s.caps)
-    if s.flow in (Flow.POSTCOPY, Flow.POSTCOPY_RECOVERY):
-        caps.setdefault("postcopy-ram", True)
-    caps["events"] = True
-    return ChaosBase(path=s.path, transport=s.transport, caps=tuple(sorted(caps.items())),
-                     src_params=tuple((k, v) for k, v in s.params.items() if k not in SHAPING),
-                     dst_params=tuple((k, v) for k, v in s.dst_params.items() if k not in SHAPING),
-                     tls=_options_tls(s), cost=COST.get(s.flow, 1.0))
+    d = describe(s)
+    return ChaosBase(path=s.path, transport=s.transport, caps=tuple(sorted(d.src_caps.items())),
+                     src_params=tuple((k, v) for k, v in d.src_params.items() if k not in SHAPING),
+                     dst_params=tuple((k, v) for k, v in d.dst_params.items() if k not in SHAPING),
+                     tls=d.tls, cost=COST.get(s.flow, 1.0))
 
 
 PLAIN = ChaosBase(path="/migration/chaos/precopy/tcp", transport=Transport.TCP,

@@ -176,6 +176,8 @@ def _main(args) -> int:
         bug = known_bugs.match(st.signature)
         if bug is not None:
             print(f"known: {st.signature} ({bug.url})")
+    if triage.errors:       # attempts that the harness itself could not run: not a clean run
+        return 1
     if not rows or (args.allow_known and not unknown):
         return 0
     return 1
