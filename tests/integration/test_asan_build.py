@@ -39,10 +39,12 @@ def test_seed_race_is_a_heap_use_after_free_with_free_and_alloc_stacks(asan_qemu
     for i in range(60):
         run = TestRun(tmp_path / f"a{i}")
         out = shutdown_attempt(run, with_malloc_perturb(base, None), ShutdownRace())
-        if out.sanitizer is not None:
+        if out.sanitizer == ("AddressSanitizer", "heap-use-after-free"):
             break
+        # the same race also meets the known dispatcher-wake bug (an ASan SEGV): known, go on
+        assert out.sanitizer is None or known_bugs.match(out.signature) is not None, out.signature
     else:
-        pytest.fail("no ASan report in 60 attempts of the seed race (~40% per attempt measured)")
+        pytest.fail("no heap-use-after-free in 60 attempts of the seed race (~40% per attempt measured)")
     assert out.sanitizer == ("AddressSanitizer", "heap-use-after-free"), out.signature
     assert known_bugs.match(out.signature) is not None, out.signature
     report = out.sanitizer_report

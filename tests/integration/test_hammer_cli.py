@@ -108,9 +108,15 @@ def test_nothing_hit_exits_0(tmp_path):
 def test_known_hits_exit_0_with_allow_known_and_do_not_stop_until_new(tmp_path):
     # 2 attempts a worker: their crashes all get cores (the first per_class ones always do),
     # so a rare SIGSEGV variant is classified (known) rather than left without frames.
-    cp = run(["hammer", "shutdown-race", "--attempts", "4", "-j", "2", "--allow-known", "--until-new",
-              "--seed", "5", "--artifacts", str(tmp_path)])
-    tri = json.loads(next(tmp_path.glob("*/triage.json")).read_text())
+    # The race is a race: 4 attempts may miss. Up to three runs (seeds 5, 6, 7) until one hits.
+    for seed in (5, 6, 7):
+        art = tmp_path / str(seed)
+        cp = run(["hammer", "shutdown-race", "--attempts", "4", "-j", "2", "--allow-known", "--until-new",
+                  "--seed", str(seed), "--artifacts", str(art)])
+        tri = json.loads(next(art.glob("*/triage.json")).read_text())
+        if tri["known_hits"] >= 1:
+            break
+        assert cp.returncode == 0, cp.stdout[-1500:]      # nothing hit: exit 0 as well
     assert tri["known_hits"] >= 1, cp.stdout[-1500:]
     assert tri["new_hits"] == 0, tri["signatures"]
     assert cp.returncode == 0, cp.stdout[-1500:] + cp.stderr[-1500:]

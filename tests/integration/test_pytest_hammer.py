@@ -105,4 +105,5 @@ def test_until_new_ignores_known_hits_and_until_crash_does_not(tmp_path):
     _, out = hammer_races(tmp_path / "new", "--hammer", "2", "--until-new")
     assert "2 xfailed" in out and "stopped early" not in out, out[-2000:]
     _, out = hammer_races(tmp_path / "crash", "--hammer", "2", "--until-crash")
-    assert "1 xfailed" in out and "stopped early: --until-crash: crash SIGABRT" in out, out[-2000:]
+    # the first hit may be either known shutdown bug (assertion or dispatcher-wake SIGSEGV)
+    assert "1 xfailed" in out and "stopped early: --until-crash: crash SIG" in out, out[-2000:]
