@@ -107,6 +107,25 @@ class _RecordingClient(QMPClient):
                 received=time.monotonic()))
         return msg
 
+    async def _negotiate(self) -> None:
+        """qmp_capabilities, tolerating events ahead of its return.
+
+        QEMU switches a monitor out of negotiation mode inside the command, before
+        it writes the return; an event emitted by another thread in between (a
+        cpr-transfer destination's incoming migration does this) arrives first.
+        qemu.qmp's own negotiation takes any first message for the reply and fails;
+        here events are recorded (_cb_inbound) and skipped until the reply."""
+        from qemu.qmp.qmp_client import NegotiationError
+        arguments = {"enable": ["oob"]} if self._greeting and "oob" in self._greeting.QMP.capabilities else {}
+        await self._send(self.make_execute_msg("qmp_capabilities", arguments=arguments))
+        while True:
+            reply = await self._recv()
+            if "event" in reply:
+                continue
+            if "return" not in reply or "error" in reply:
+                raise NegotiationError("Negotiation failed", AssertionError(f"reply {dict(reply)}"))
+            return
+
     def close_transcript(self) -> None:
         if self._transcript:
             with self._tlock:
