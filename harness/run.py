@@ -30,6 +30,8 @@ def safe_dirname(test_id: str) -> str:
 def resolve_guest_files(spec: MachineSpec) -> GuestFiles:
     from harness.guest import images  # built on first use, cached on disk
     kind = spec.guest.kind
+    if kind is GuestKind.BOOTBLOCK and spec.guest.paced_rom:
+        return GuestFiles(bootrom=images.build_bootrom())
     if kind is GuestKind.BOOTBLOCK:
         return GuestFiles(bootblock=images.build_bootblock())
     if kind is GuestKind.LINUX:

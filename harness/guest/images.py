@@ -5,6 +5,10 @@ Two guests:
 
 * the boot sector (``images/bootblock/bootblock.S``): 512 bytes, 'A' then a
   'B' per pass over [1 MiB, 100 MiB), incrementing the first byte of every page;
+  and its chaos form (``images/bootblock/bootrom.S``): the same loop and page
+  rule over [1 MiB, 33 MiB), as a 64 KiB ``-bios`` image (no SeaBIOS) that
+  halts between passes until a PIT tick (50 passes/s), so a chaos attempt's
+  guests idle instead of spinning a host core each;
 * the Linux guest: Debian's pinned cloud kernel (``images/linux/kernel.pin``)
   and a gzip'd newc initramfs holding busybox (package ``busybox-static``),
   ``/init`` (``images/linux/init``) and ``/workload`` (``images/linux/workload.c``,
@@ -64,6 +68,8 @@ BUSYBOX_APPLETS = (
 )
 
 BOOTBLOCK_FILE = "bootblock.bin"
+BOOTROM_FILE = "bootrom.bin"
+BOOTROM_SIZE = 64 * 1024
 KERNEL_FILE = "vmlinuz"
 INITRD_FILE = "initrd.img"
 WORKLOAD_FILE = "workload"
@@ -371,6 +377,45 @@ def build_bootblock(force: bool = False) -> Path:
     return d / BOOTBLOCK_FILE
 
 
+# --------------------------------------------------------------------------
+# the boot sector's workload as firmware, paced (the chaos engine's guest)
+
+
+def bootrom_key() -> str:
+    return _hash_inputs([
+        ("format", str(BUILD_FORMAT).encode()),
+        ("bootrom.S", _src("bootblock", "bootrom.S").read_bytes()),
+    ])
+
+
+def _build_bootrom_into(out: Path) -> dict:
+    src = _src("bootblock", "bootrom.S")
+    as_ = _need_tool("as", "binutils")
+    ld = _need_tool("ld", "binutils")
+    obj = out / "bootrom.o"
+    binary = out / BOOTROM_FILE
+    _run([as_, "--32", "-o", str(obj), str(src)], "assembling bootrom.S")
+    _run([ld, "-m", "elf_i386", "-Ttext=0xf0000", "--oformat=binary", "-o", str(binary), str(obj)],
+         "linking bootrom")
+    obj.unlink()
+    data = binary.read_bytes()
+    # The reset vector (ROM offset 0xfff0) must hold the far jump (0xea) to F000:real.
+    if len(data) != BOOTROM_SIZE or data[0xfff0] != 0xEA:
+        raise ImageError(f"bootrom is {len(data)} bytes with {data[0xfff0:0xfff1].hex() or 'nothing'} "
+                         f"at the reset vector, want {BOOTROM_SIZE} bytes and a far jump (ea)")
+    binary.chmod(0o644)
+    return {
+        "sources": {"bootrom.S": _sha256_file(src)},
+        "tools": {"as": _tool_version([as_, "--version"]), "ld": _tool_version([ld, "--version"])},
+    }
+
+
+def build_bootrom(force: bool = False) -> Path:
+    """Path of the 64 KiB paced boot-sector firmware (-bios), built if missing or stale."""
+    d, _ = _build_into("bootrom", bootrom_key(), force, _build_bootrom_into)
+    return d / BOOTROM_FILE
+
+
 def bootblock_drive_args(path: Path, snapshot: bool = True, drive_id: str = "bootdisk") -> list[str]:
     """QEMU arguments that boot the boot sector on pc and q35.
 
@@ -624,11 +669,14 @@ def build_all(force: bool = False) -> dict:
     """Build both guests; write and return the combined manifest
     (``image_dir()/manifest.json``)."""
     bootblock = build_bootblock(force=force)
+    bootrom = build_bootrom(force=force)
     linux = build_linux(force=force)
     combined = {
         "format": BUILD_FORMAT,
         "bootblock": {"path": str(bootblock),
                       "manifest": json.loads((bootblock.parent / MANIFEST).read_text())},
+        "bootrom": {"path": str(bootrom),
+                    "manifest": json.loads((bootrom.parent / MANIFEST).read_text())},
         "linux": {"kernel": str(linux.kernel), "initrd": str(linux.initrd),
                   "cmdline_base": linux.cmdline_base,
                   "manifest": json.loads(linux.manifest.read_text()) if linux.manifest else None},
@@ -658,6 +706,7 @@ def check() -> list[str]:
     """What is missing or stale, one line each; empty when everything is built
     for the current sources and pins and matches its manifest."""
     problems = _check_image("bootblock", bootblock_key, [("as", "binutils"), ("ld", "binutils")])
+    problems += _check_image("bootrom", bootrom_key, [("as", "binutils"), ("ld", "binutils")])
     linux_tools = [("gcc", "gcc"), ("dpkg-deb", "dpkg")]
     if not os.environ.get("HARNESS_KERNEL_DEB"):
         linux_tools.append(("apt-get", "apt"))
@@ -680,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--check-only", action="store_true",
                    help="build nothing; list what is missing or stale, exit 1 if anything is")
     p = sub.add_parser("path", help="print the path of an image (building it if needed)")
-    p.add_argument("what", choices=("bootblock", "kernel", "initrd"))
+    p.add_argument("what", choices=("bootblock", "bootrom", "kernel", "initrd"))
     args = parser.parse_args(argv)
 
     if not logging.getLogger().handlers:
@@ -699,6 +748,9 @@ def main(argv: list[str] | None = None) -> int:
             bb = combined["bootblock"]
             print(f"bootblock {bb['path']} "
                   f"sha256={bb['manifest']['outputs'][BOOTBLOCK_FILE]['sha256']}")
+            br = combined["bootrom"]
+            print(f"bootrom   {br['path']} "
+                  f"sha256={br['manifest']['outputs'][BOOTROM_FILE]['sha256']}")
             lx = combined["linux"]
             outs = lx["manifest"]["outputs"]
             print(f"kernel    {lx['kernel']} sha256={outs[KERNEL_FILE]['sha256']}")
@@ -707,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.what == "bootblock":
             print(build_bootblock())
+        elif args.what == "bootrom":
+            print(build_bootrom())
         else:
             img = build_linux()
             print(img.kernel if args.what == "kernel" else img.initrd)

@@ -43,10 +43,31 @@ def make_pair(run: TestRun, base: MachineSpec, *, dst_binary: str | None = None,
     compare; the proof then continues it explicitly.
     dst_incoming: e.g. "tcp:127.0.0.1:0" for a destination listening from the start.
     """
-    src_spec = base.with_(name="source", extra_args=base.extra_args + src_extra)
+    return start_pair(run, base, dst_binary=dst_binary, dst_paused=dst_paused, src_extra=src_extra,
+                      dst_extra=dst_extra, dst_incoming=dst_incoming).connect()
+
+
+def start_pair(run: TestRun, base: MachineSpec, *, dst_binary: str | None = None,
+               dst_paused: bool = True, src_extra: tuple[str, ...] = (),
+               dst_extra: tuple[str, ...] = (), dst_incoming: str = "defer",
+               src_paused: bool = False) -> "StartedPair":
+    """Spawn both QEMUs without waiting for either (their initialisations overlap);
+    StartedPair.connect() gives the Pair. src_paused: -S (a pair started ahead of
+    its use, whose guest must not run yet: continue it with Pair.src.cmd('cont'))."""
+    src_spec = base.with_(name="source", extra_args=base.extra_args + src_extra,
+                          paused=base.paused or src_paused)
     dst_spec = base.with_(name="destination", binary=dst_binary or base.binary,
                           incoming=dst_incoming, paused=dst_paused,
                           extra_args=base.extra_args + dst_extra)
-    src = run.machine(src_spec)
-    dst = run.machine(dst_spec)
-    return Pair(src, dst)
+    src = run.machine(src_spec, launch=False).start()
+    dst = run.machine(dst_spec, launch=False).start()
+    return StartedPair(src, dst)
+
+
+@dataclass
+class StartedPair:
+    src: Machine
+    dst: Machine
+
+    def connect(self) -> Pair:
+        return Pair(self.src.connect(), self.dst.connect())

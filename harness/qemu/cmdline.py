@@ -40,6 +40,7 @@ class GuestFiles:
     """Resolved guest image paths (built by harness.guest.images)."""
 
     bootblock: Path | None = None
+    bootrom: Path | None = None      # the paced boot-sector firmware (GuestSpec.paced_rom)
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str = ""
@@ -86,6 +87,10 @@ def _guest_args(spec: MachineSpec, guest: GuestFiles) -> list[str]:
     kind = spec.guest.kind
     if kind is GuestKind.NONE:
         return []
+    if kind is GuestKind.BOOTBLOCK and spec.guest.paced_rom:
+        if guest.bootrom is None:
+            raise SpecError("paced bootblock guest: firmware path not resolved")
+        return ["-bios", str(guest.bootrom)]
     if kind is GuestKind.BOOTBLOCK:
         if guest.bootblock is None:
             raise SpecError("bootblock guest: image path not resolved")

@@ -73,6 +73,7 @@ class Machine:
         self._expected_stderr: str | None = None
         self._hang_reason: str | None = None
         self._listeners = []
+        self._paths = None         # set by start(), read by connect()
         # Hammering decides per crash whether core + gdb are worth their cost
         # (rc, stderr) -> bool; None means always collect.
         self.want_evidence = want_evidence
@@ -92,6 +93,12 @@ class Machine:
         return self.artifacts / "stderr.log"
 
     def launch(self) -> "Machine":
+        return self.start().connect()
+
+    def start(self) -> "Machine":
+        """Spawn QEMU without waiting for it: its sockets' connections queue on our
+        listeners until connect(). Starting several machines before connecting any
+        lets their initialisation overlap."""
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.run_dir = self.host.make_run_dir(self.spec.name)
         paths = RunPaths(self.run_dir, qemu_listens=self.host.qemu_listens)
@@ -113,6 +120,17 @@ class Machine:
                                         stdout=self.artifacts / "stdout.log",
                                         stderr=self.stderr_path, core_dumps=self._core_dumps())
             (self.artifacts / "pid").write_text(f"{self.proc.pid}\n")
+        except BaseException:
+            self._close_listeners()
+            self.shutdown()
+            raise
+        self._paths = paths
+        return self
+
+    def connect(self) -> "Machine":
+        """Connect the started QEMU's monitors and serial console (see start())."""
+        paths = self._paths
+        try:
             deadline = time.monotonic() + QMP_CONNECT_TIMEOUT
             # QEMU opens its chardevs in command-line order: QMP, extra monitors, raw
             # monitors, serial. Connect them all before reading the greeting: a listening
@@ -349,7 +367,7 @@ def _staged(host: Host, guest: GuestFiles) -> GuestFiles:
     if host.is_local:
         return guest
     stage = lambda p: host.stage_file(p) if p is not None else None  # noqa: E731
-    return GuestFiles(bootblock=stage(guest.bootblock), kernel=stage(guest.kernel),
+    return GuestFiles(bootblock=stage(guest.bootblock), bootrom=stage(guest.bootrom), kernel=stage(guest.kernel),
                       initrd=stage(guest.initrd), cmdline=guest.cmdline)
 
 

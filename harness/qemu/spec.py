@@ -22,6 +22,10 @@ class GuestKind(enum.Enum):
 @dataclass(frozen=True)
 class GuestSpec:
     kind: GuestKind = GuestKind.BOOTBLOCK
+    # BOOTBLOCK only: the boot sector's loop and page rule as the machine's own
+    # firmware (-bios, no SeaBIOS), halting between passes until a PIT tick: the
+    # chaos engine's guest, whose vCPU idles instead of spinning a host core.
+    paced_rom: bool = False
     # Linux workload knobs (ignored for other kinds).
     workload_mib: int = 64
     dirty_rate_mib_s: int = 0
@@ -30,14 +34,18 @@ class GuestSpec:
     def __post_init__(self):
         if not isinstance(self.kind, GuestKind):
             raise SpecError(f"guest kind must be a GuestKind, got {self.kind!r}")
+        if self.paced_rom and self.kind is not GuestKind.BOOTBLOCK:
+            raise SpecError(f"guest paced_rom is a bootblock variant, not for kind {self.kind.value}")
         if self.workload_mib <= 0 or self.dirty_rate_mib_s < 0 or self.heartbeat_ms <= 0:
             raise SpecError("guest workload_mib and heartbeat_ms must be > 0, dirty rate >= 0")
 
 
 ACCELS = ("tcg", "kvm", "auto")
 
-# The boot sector dirties [1 MiB, 100 MiB): RAM must cover it.
+# The boot sector dirties [1 MiB, 100 MiB): RAM must cover it. Its paced firmware
+# form (GuestSpec.paced_rom) dirties [1 MiB, 33 MiB).
 BOOTBLOCK_MIN_MIB = 128
+BOOTROM_MIN_MIB = 64
 
 
 @dataclass(frozen=True)
@@ -66,8 +74,9 @@ class MachineSpec:
             raise SpecError(f"machine spec: name '{self.name}' must be alphanumeric (- and _ allowed)")
         if self.memory_mib < 16:
             raise SpecError(f"machine spec: memory_mib {self.memory_mib} is below 16")
-        if self.guest.kind is GuestKind.BOOTBLOCK and self.memory_mib < BOOTBLOCK_MIN_MIB:
-            raise SpecError(f"machine spec: bootblock guest needs memory_mib >= {BOOTBLOCK_MIN_MIB}, "
+        need = BOOTROM_MIN_MIB if self.guest.paced_rom else BOOTBLOCK_MIN_MIB
+        if self.guest.kind is GuestKind.BOOTBLOCK and self.memory_mib < need:
+            raise SpecError(f"machine spec: bootblock guest needs memory_mib >= {need}, "
                             f"got {self.memory_mib}")
         if self.smp < 1:
             raise SpecError(f"machine spec: smp {self.smp} must be >= 1")

@@ -14,6 +14,7 @@ import pprint
 import re
 import shlex
 import sys
+import zlib
 from pathlib import Path
 
 import harness.runtime.actions as actions_mod
@@ -36,19 +37,24 @@ def _argv(machine_dir: Path, subst: dict) -> tuple[str, list[str]]:
     return argv[0], out
 
 
-def _bootblock(argv_text: str) -> Path:
+def _guest_image(argv_text: str) -> tuple[str, Path]:
+    """The guest the attempt booted: ("@BOOT@", the boot sector on a disk) or
+    ("@ROM@", its paced firmware form given to -bios)."""
+    m = re.search(r"-bios (\S+?bootrom[^\s]*\.bin)", argv_text)
+    if m is not None:
+        return "@ROM@", Path(m.group(1))
     m = re.search(r"file=(\S+?bootblock[^,\s]*\.bin)", argv_text)
     if m is None:
         raise ValueError("no boot-sector image in the recorded command line")
-    return Path(m.group(1))
+    return "@BOOT@", Path(m.group(1))
 
 
 def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, *, base,
                  hit_rate: str = "not measured", versions: str = "") -> Path:
     """attempt_dir: artifacts of a run that showed `signature` (command lines, outcomes)."""
     src_text = (attempt_dir / "source" / "cmdline.txt").read_text()
-    boot = _bootblock(src_text)
-    subst = {str(boot): "@BOOT@", str(attempt_dir / "shared" / "disk0.qcow2"): "@DISK@"}
+    marker, boot = _guest_image(src_text)
+    subst = {str(boot): marker, str(attempt_dir / "shared" / "disk0.qcow2"): "@DISK@"}
     tls_files = {}
     tls_dir = attempt_dir / "tls"
     if tls_dir.is_dir():
@@ -56,6 +62,9 @@ def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, 
         tls_files = {str(p.relative_to(tls_dir)): base64.b64encode(p.read_bytes()).decode()
                      for p in sorted(tls_dir.rglob("*")) if p.is_file()}
     src_bin, src_args = _argv(attempt_dir / "source", subst)
+    # The engine spawns a source paused (-S) and continues it when the attempt starts
+    # (so that a pair can be spawned ahead); the reproducer starts it running.
+    src_args = [a for a in src_args if a != "-S"]
     dst_bin, dst_args = _argv(attempt_dir / "destination", subst)
     match: dict = {"signature": signature}
     if signature.startswith("crash"):
@@ -82,7 +91,9 @@ def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, 
         "steps": [dict(s.to_dict(), text=s.describe()) for s in plan.steps],
         "match": match,
         "tls_files": tls_files,
-        "bootblock_b64": base64.b64encode(boot.read_bytes()).decode(),
+        # the guest image, zlib'd (the 64 KiB firmware form is mostly zeros)
+        "guest_image": {"marker": marker, "name": boot.name,
+                        "zb64": base64.b64encode(zlib.compress(boot.read_bytes(), 9)).decode()},
     }
     if tls:   # x509 server names must stay valid: the cert files are embedded as they were
         config["tls_note"] = "TLS credentials embedded under @TLS@"

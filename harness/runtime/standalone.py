@@ -5,7 +5,8 @@ An exported reproducer embeds this module and actions.py verbatim and runs
 `main(CONFIG, contract)` (the reproducer contract's options, RESULT line and exit codes); the steps it replays go through the same Action.apply code as
 the engine's. CONFIG holds the two command lines (@RUNDIR@ for the run dir,
 @DISK@ for the shared qcow2 disk, @BOOT@ for the boot sector), the base's
-caps and params, the steps and what counts as a hit.
+caps and params, the steps and what counts as a hit; @BOOT@ is the boot sector,
+@ROM@ its paced firmware form (whichever the attempt booted).
 
 Exit status follows `git bisect run`: 0 the violation did not show in the
 attempts, 1 it showed, 125 QEMU could not start or nothing could be decided.
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 
 from harness.runtime import actions as act
 
@@ -475,11 +477,12 @@ def main(cfg, contract):
                                seconds=600.0, extra=extra)
     bins = {"src": a.qemu_src, "dst": a.qemu_dst}
     work = tempfile.mkdtemp(prefix="repro-shared-")
-    boot = os.path.join(work, "bootblock.bin")
+    image = cfg["guest_image"]      # the boot sector (@BOOT@) or its firmware form (@ROM@)
+    boot = os.path.join(work, image["name"])
     with open(boot, "wb") as f:
-        f.write(base64.b64decode(cfg["bootblock_b64"]))
+        f.write(zlib.decompress(base64.b64decode(image["zb64"])))
     disk = os.path.join(work, "disk0.qcow2")
-    subst = {"@BOOT@": boot, "@DISK@": disk}
+    subst = {image["marker"]: boot, "@DISK@": disk}
     print("plan:", "; ".join(s["text"] for s in cfg["steps"]) or "(no steps)", flush=True)
     t0, n, hits, skips, why = time.monotonic(), 0, 0, 0, ""
     try:

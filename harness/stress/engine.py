@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.faults.proxy import TcpProxy
+from harness.hosts.local import LocalHost
 from harness.migration import tuning
-from harness.migration.pair import make_pair
+from harness.migration.pair import StartedPair, start_pair
 from harness.migration.transports import Transport
 from harness.qemu.machine import Machine, MachineFailure
 from harness.qemu.qmp import QMPCommandError, QMPDisconnected, QMPTimeout
-from harness.qemu.spec import BOOTBLOCK_MIN_MIB, GuestKind, GuestSpec, MachineSpec
+from harness.qemu.spec import BOOTBLOCK_MIN_MIB, BOOTROM_MIN_MIB, GuestKind, GuestSpec, MachineSpec
 from harness.run import TestRun
 from harness.runtime import actions as act
 from harness.runtime.surface import Surface
@@ -55,6 +56,7 @@ class ChaosRecipe:
     corpus_dir: str | None = None      # where new-coverage plans are written
     dst_binary: str | None = None      # cross-version pairs: the destination's binary
     kinds: tuple = ()                  # --kinds: draw only these actions
+    spinning_guest: bool = False       # --spinning-guest: qtest's boot sector under SeaBIOS
     path: str = "/migration/chaos"
     _coverage: object = None
     _corpus: object = None
@@ -83,8 +85,16 @@ class ChaosRecipe:
         steps = generate(random.Random(seed), self.draw_context(base), self.actions, self.span_ms)
         return ChaosPlan(seed, base.path, tuple(steps), self.span_ms)
 
-    def attempt(self, run: TestRun, base_spec: MachineSpec, plan: ChaosPlan) -> Verdict:
-        return chaos_attempt(run, base_spec, plan, self.bases, self.dst_binary)
+    def prepare(self, run: TestRun, base_spec: MachineSpec, plan: ChaosPlan) -> "Prepared":
+        """Spawn the pair of a later attempt now (the hammer does it one attempt ahead,
+        so QEMU's start-up overlaps the current plan instead of adding to it)."""
+        return prepare_attempt(run, base_spec, plan, self.bases, self.dst_binary,
+                               paced_guest=not self.spinning_guest)
+
+    def attempt(self, run: TestRun, base_spec: MachineSpec, plan: ChaosPlan,
+                prepared: "Prepared | None" = None) -> Verdict:
+        return chaos_attempt(run, base_spec, plan, self.bases, self.dst_binary,
+                             paced_guest=not self.spinning_guest, prepared=prepared)
 
     def feedback(self, plan: ChaosPlan, verdict) -> list[str]:
         coverage, corpus = self._state()
@@ -233,6 +243,24 @@ class Phases:
 
 
 # ---------------------------------------------------------------- one attempt
+_EMPTY_DISK: dict = {}
+
+
+def _empty_disk(qemu_img: str) -> Path:
+    """An empty qcow2 made once per process and copied per attempt (a copy of ~200 KiB
+    is cheaper than running qemu-img every attempt). Its dir is an owner-marked run
+    dir: removed at exit, reaped if the process is killed."""
+    if "path" not in _EMPTY_DISK:
+        import atexit
+        host = LocalHost()
+        d = host.make_run_dir("chaos-disk")
+        atexit.register(host.remove_run_dir, d)
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(d / "empty.qcow2"), f"{DISK_MIB}M"],
+                       check=True, timeout=30)
+        _EMPTY_DISK["path"] = d / "empty.qcow2"
+    return _EMPTY_DISK["path"]
+
+
 def disk_args(workdir: Path) -> tuple[str, ...]:
     """A writable qcow2 disk (snapshot jobs, block activation) shared by both sides, as
     on shared storage, and a free root port for hotplug. JSON blockdev: no comma escaping."""
@@ -242,17 +270,45 @@ def disk_args(workdir: Path) -> tuple[str, ...]:
     workdir.mkdir(parents=True, exist_ok=True)
     disk = workdir / "disk0.qcow2"
     if not disk.exists():
-        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(disk), f"{DISK_MIB}M"], check=True,
-                       timeout=30)
+        shutil.copyfile(_empty_disk(qemu_img), disk)
     node = {"driver": "qcow2", "node-name": act.SNAP_DISK,
             "file": {"driver": "file", "filename": str(disk)}}
     return ("-blockdev", json.dumps(node, separators=(",", ":")), "-device", f"ide-hd,drive={act.SNAP_DISK},bus=ide.1",
             "-device", "pcie-root-port,id=hp0,chassis=7")
 
 
+@dataclass
+class Prepared:
+    """An attempt's pair, spawned with its source paused (-S), not yet connected."""
+    started: StartedPair
+    tls: object = None        # harness.migration.tls.Setup, or None
+
+
+def prepare_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: list | None = None,
+                    dst_binary: str | None = None, paced_guest: bool = True) -> Prepared:
+    """Lay out the disk and TLS files and spawn the pair (source paused: its guest
+    starts when the attempt begins, whether the pair was spawned ahead or not)."""
+    base = base_of(plan, bases)
+    layout = disk_args(run.artifacts / "shared")
+    tls = base.tls.materialize(run.artifacts / "tls") if base.tls is not None else None
+    spec = base_spec.with_(guest=GuestSpec(kind=GuestKind.BOOTBLOCK, paced_rom=paced_guest), extra_monitors=1,
+                           memory_mib=BOOTROM_MIN_MIB if paced_guest else BOOTBLOCK_MIN_MIB,
+                           extra_args=base_spec.extra_args + layout)
+    started = start_pair(run, spec, dst_binary=dst_binary, dst_paused=False, src_paused=True,
+                         src_extra=tls.src_args if tls else (), dst_extra=tls.dst_args if tls else ())
+    return Prepared(started, tls)
+
+
 def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: list | None = None,
-                  dst_binary: str | None = None) -> Verdict:
-    """Run one plan; the verdict's signature is what the triage groups by."""
+                  dst_binary: str | None = None, paced_guest: bool = True,
+                  prepared: Prepared | None = None) -> Verdict:
+    """Run one plan; the verdict's signature is what the triage groups by.
+
+    paced_guest: the boot sector's loop as firmware, halting between passes
+    (GuestSpec.paced_rom): the pair costs a fraction of a core instead of a core
+    per running side, so an attempt is CPU-cheap; False: qtest's spinning boot
+    sector under SeaBIOS (the highest dirty rate).
+    prepared: the pair prepare_attempt() spawned ahead for this run and plan."""
     base = base_of(plan, bases)
     applied: list = []
     coverage: list = []
@@ -261,12 +317,11 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
     proxy = None
     marks = [("start", time.monotonic())]
     try:
-        layout = disk_args(run.artifacts / "shared")
-        tls = base.tls.materialize(run.artifacts / "tls") if base.tls is not None else None
-        spec = base_spec.with_(guest=GuestSpec(kind=GuestKind.BOOTBLOCK), extra_monitors=1,
-                               memory_mib=BOOTBLOCK_MIN_MIB, extra_args=base_spec.extra_args + layout)
-        pair = make_pair(run, spec, dst_binary=dst_binary, dst_paused=False, src_extra=tls.src_args if tls else (),
-                         dst_extra=tls.dst_args if tls else ())
+        if prepared is None:
+            prepared = prepare_attempt(run, base_spec, plan, bases, dst_binary, paced_guest)
+        tls = prepared.tls
+        pair = prepared.started.connect()
+        pair.src.cmd("cont")
         pair.dst.expect_exit((0, 1))   # an incoming migration that fails exits 1
         pair.wait_guest_ready()
         marks.append(("booted", time.monotonic()))

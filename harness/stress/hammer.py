@@ -75,17 +75,56 @@ def with_malloc_perturb(base: MachineSpec, perturb: int | None) -> MachineSpec:
     return base.with_(env=env + (("MALLOC_PERTURB_", str(perturb)),))
 
 
+@dataclass
+class Ahead:
+    """An attempt drawn, and its QEMUs spawned, while the one before it runs."""
+    index: int
+    seed: int
+    variant: object
+    perturb: int | None
+    run: TestRun
+    prepared: object
+
+
+def prepare_ahead(recipe, base: MachineSpec, art: Path, seed: int, malloc_perturb: bool,
+                  budget: EvidenceBudget | None, index: int) -> Ahead | None:
+    """Draw attempt `index` and let the recipe spawn its QEMUs now (recipes with a
+    prepare(); others None). A failure here is left to the attempt to meet again."""
+    variant, perturb = draw_attempt(recipe, seed, malloc_perturb)
+    run = TestRun(art, want_evidence=budget)
+    try:
+        prepared = recipe.prepare(run, with_malloc_perturb(base, perturb), variant)
+    except Exception:  # noqa: BLE001 - the attempt sets up again and reports it
+        drop_ahead(Ahead(index, seed, variant, perturb, run, None))
+        return None
+    return Ahead(index, seed, variant, perturb, run, prepared)
+
+
+def drop_ahead(ahead: Ahead | None) -> None:
+    """A prepared attempt that will not run: its QEMUs and artifacts go."""
+    if ahead is not None:
+        ahead.run.abort()
+        ahead.run.discard_artifacts()
+
+
 def run_one(recipe, base: MachineSpec, art: Path, seed: int, malloc_perturb: bool,
             budget: EvidenceBudget | None = None, worker: str = "w0", index: int = 0,
-            keep_passing: bool = False) -> AttemptRecord:
-    """One seeded attempt; everything random comes from `seed`."""
-    variant, perturb = draw_attempt(recipe, seed, malloc_perturb)
+            keep_passing: bool = False, ahead: Ahead | None = None) -> AttemptRecord:
+    """One seeded attempt; everything random comes from `seed` (ahead: drawn and
+    spawned already by prepare_ahead from the same seed)."""
+    if ahead is not None:
+        variant, perturb, run = ahead.variant, ahead.perturb, ahead.run
+    else:
+        variant, perturb = draw_attempt(recipe, seed, malloc_perturb)
+        run = TestRun(art, want_evidence=budget)
     spec = with_malloc_perturb(base, perturb)
-    run = TestRun(art, want_evidence=budget)
     (art / "seed.txt").write_text(f"{seed}\n")
     t0 = time.monotonic()
     attempt = getattr(recipe, "attempt", None) or ATTEMPTS[type(recipe)]  # chaos: bound to its bases
-    outcome = attempt(run, spec, variant)
+    if ahead is not None:
+        outcome = attempt(run, spec, variant, prepared=ahead.prepared)
+    else:
+        outcome = attempt(run, spec, variant)
     feedback = getattr(recipe, "feedback", None)   # chaos: coverage steers later draws
     new = feedback(variant, outcome) if feedback is not None else []
     rec = AttemptRecord(worker=worker, index=index, seed=seed, variant=variant.to_dict(),
@@ -122,23 +161,42 @@ def _worker(wid: int, recipe, cfg: HammerConfig, deadline: float | None, max_att
     # Cores are sampled (EvidenceBudget.cores_wanted): a race recipe crashing on most
     # attempts would otherwise spend more time writing unread cores than racing.
     budget = EvidenceBudget(max(1, -(-cfg.evidence_per_class // cfg.parallel)), sample_every=8)
+    # Recipes with a prepare() get attempt i+1 drawn and its QEMUs spawned before attempt i
+    # runs: start-up overlaps the plan. (Its draw misses attempt i's coverage feedback.)
+    pipelined = hasattr(recipe, "prepare")
+    ahead: Ahead | None = None
     i = 0
-    while not stop.is_set():
-        if deadline is not None and time.time() >= deadline:
-            break
-        if max_attempts is not None and i >= max_attempts:
-            break
-        seed = attempt_seed(cfg.seed, wid, i)
-        art = cfg.artifacts / f"w{wid}-{i:06d}"
-        try:
-            rec = run_one(recipe, cfg.base, art, seed, cfg.malloc_perturb, budget, f"w{wid}", i,
-                          cfg.keep_passing)
-            out.put(asdict(rec))
-        except Exception as exc:  # noqa: BLE001 - a harness error must not kill the hammer
-            out.put({"error": f"{type(exc).__name__}: {exc}", "worker": f"w{wid}", "index": i,
-                     "seed": seed})
-        i += 1
+    try:
+        while not stop.is_set():
+            if deadline is not None and time.time() >= deadline:
+                break
+            if max_attempts is not None and i >= max_attempts:
+                break
+            seed = attempt_seed(cfg.seed, wid, i)
+            art = cfg.artifacts / f"w{wid}-{i:06d}"
+            cur, ahead = (ahead, None) if ahead is not None and ahead.index == i else (None, ahead)
+            drop_ahead(ahead)
+            ahead = None
+            more = (max_attempts is None or i + 1 < max_attempts) and (
+                deadline is None or time.time() + AHEAD_MIN_LEFT < deadline)
+            if pipelined and more:
+                ahead = prepare_ahead(recipe, cfg.base, cfg.artifacts / f"w{wid}-{i + 1:06d}",
+                                      attempt_seed(cfg.seed, wid, i + 1), cfg.malloc_perturb, budget, i + 1)
+            try:
+                rec = run_one(recipe, cfg.base, art, seed, cfg.malloc_perturb, budget, f"w{wid}", i,
+                              cfg.keep_passing, ahead=cur)
+                out.put(asdict(rec))
+            except Exception as exc:  # noqa: BLE001 - a harness error must not kill the hammer
+                out.put({"error": f"{type(exc).__name__}: {exc}", "worker": f"w{wid}", "index": i,
+                         "seed": seed})
+            i += 1
+    finally:
+        drop_ahead(ahead)
     out.put({"done": wid})
+
+
+# Seconds of budget left below which no attempt is spawned ahead (it would not run).
+AHEAD_MIN_LEFT = 1.0
 
 
 def hammer(recipe, cfg: HammerConfig, progress: Display | None = None) -> Triage:

@@ -27,6 +27,7 @@ from harness.qemu.machine import Machine
 
 SETTLE_TIMEOUT = 40.0
 STATUS_TIMEOUT = 5.0
+POLL_S = 0.01          # status polls while settling: a query costs ~1 ms, a late look costs the attempt
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 NO_REPLY = "no-reply"
 # Knobs that a plan may have turned to starve the migration; settling resets them.
@@ -109,7 +110,7 @@ def settle(st: PairState, deadline: float, recover=None) -> str | None:
                 return result        # paused and waiting for a recovery: a legal resting state
             recovered = True
             recover()
-        time.sleep(0.05)
+        time.sleep(POLL_S)
     return result
 
 
@@ -119,7 +120,7 @@ def _wait_dst_terminal(dst: Machine, deadline: float) -> str | None:
         result = status(dst)
         if result is None or result in TERMINAL:
             return result
-        time.sleep(0.05)
+        time.sleep(POLL_S)
     return result
 
 

@@ -97,6 +97,28 @@ def test_short_run_reports_coverage_and_exits_by_what_it_found(tmp_path):
     assert found["plans"] >= 1 and found["coverage"]["tuples"] >= 1
     triage = json.loads(next(tmp_path.glob("*/triage.json")).read_text())
     assert (cp.returncode == 1) == bool(triage["signatures"])
+    # Attempts run pipelined (each one's pair spawned during the one before): the pair
+    # spawned for an attempt that never ran left no artifacts behind.
+    never_ran = [p.name for p in tmp_path.glob("*/runs/*") if not (p / "plan.json").exists()]
+    assert never_ran == [], never_ran
+    seed = json.loads(next(tmp_path.glob("*/seed.txt")).read_text())
+    assert seed["spinning_guest"] is False
+
+
+@pytest.mark.parametrize("paced", [True, False], ids=["paced-firmware-guest", "spinning-boot-sector"])
+def test_both_guest_forms_pass_a_clean_plan_with_the_page_proof(base_spec, tmp_path, paced):
+    """The chaos guest (the boot sector's loop as paced firmware, [1 MiB, 33 MiB)) and
+    qtest's spinning boot sector both complete a plan whose destination passes the
+    whole-page proof on its own area."""
+    v = chaos_attempt(TestRun(tmp_path / "g"), base_spec, _plan(7, PADDING[:1]), paced_guest=paced)
+    assert v.kind is VerdictKind.CLEAN, (v.signature, v.detail, v.applied)
+    argv = (tmp_path / "g" / "source" / "cmdline.txt").read_text()
+    assert ("bootrom" in argv and "-bios" in argv) == paced
+    assert ("bootblock" in argv) == (not paced)
+    proof = [ln for ln in (tmp_path / "g" / "destination" / "qmp.jsonl").read_text().splitlines()
+             if '"pmemsave"' in ln and '"out"' in ln]
+    assert proof, "no page proof on the destination"
+    assert json.loads(proof[0])["msg"]["arguments"]["size"] == ((32 if paced else 99) << 20)
 
 
 def test_chaos_as_pytest_items_reports_through_the_triage(tmp_path):

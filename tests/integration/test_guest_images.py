@@ -1,5 +1,6 @@
 """The guest images boot under real QEMU (TCG) and behave as the harness
-expects: the boot sector prints 'A' then 'B's and keeps the page pattern;
+expects: the boot sector (and its paced firmware form) prints 'A' then 'B's
+and keeps the page pattern;
 the Linux guest reaches WORKLOAD READY, beats, and verifies its memory.
 
 Each test starts one QEMU, and kills exactly that PID when it is done."""
@@ -164,6 +165,54 @@ def test_bootblock_boots_and_dirties_memory(machine):
             ram = dump.read_bytes()
             firsts = ram[::4096]
             assert len(firsts) == 99 * 256
+            assert firsts[0] != 0 or firsts[-1] != 0, "memory was never dirtied"
+            assert bootblock_pattern_ok(firsts), "bootblock page pattern broken"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("machine", ["q35", "pc"])
+def test_bootrom_paces_its_passes_idles_and_keeps_the_pattern(machine):
+    """The chaos guest: firmware (-bios) with no SeaBIOS, ~50 passes/s over
+    [1 MiB, 33 MiB) with the vCPU halted in between (far below a core), and
+    the same page rule."""
+    qemu = _qemu_binary()
+    rom = images.build_bootrom()
+    with tempfile.TemporaryDirectory(prefix="hbr-") as tmp:
+        work = Path(tmp)
+        serial, qmp_sock, dump = work / "serial.log", work / "qmp.sock", work / "ram.bin"
+        argv = [qemu, "-accel", "tcg", "-machine", machine, "-m", "64", "-display", "none",
+                "-nodefaults", "-serial", f"file:{serial}", "-bios", str(rom),
+                "-qmp", f"unix:{qmp_sock},server=on,wait=off"]
+        with _qemu(argv, work) as proc:
+            deadline = time.monotonic() + 10
+            out = b""
+            while b"B" not in out and time.monotonic() < deadline:
+                assert proc.poll() is None, f"QEMU exited {proc.returncode}: {_stderr(work)}"
+                out = serial.read_bytes() if serial.exists() else b""
+                time.sleep(0.02)
+            assert out[:2] == b"AB", f"serial starts {out[:20]!r}, want 'A' then 'B's"
+            n0, c0, t0 = out.count(b"B"), _cpu_seconds(proc.pid), time.monotonic()
+            time.sleep(2.0)
+            out = serial.read_bytes()
+            passes, cpu = out.count(b"B") - n0, _cpu_seconds(proc.pid) - c0
+            elapsed = time.monotonic() - t0
+            print(f"bootrom ({machine}): {passes / elapsed:.0f} passes/s, "
+                  f"{100 * cpu / elapsed:.0f}% of a core")
+            assert set(out[1:]) <= {ord("B")}, f"unexpected serial output {out[:40]!r}"
+            # paced by the PIT at 50 Hz: not a spinning loop (hundreds/s), not stalled
+            assert 20 <= passes / elapsed <= 60, f"{passes} passes in {elapsed:.1f}s"
+            assert cpu / elapsed < 0.6, f"{cpu:.2f} CPU-s in {elapsed:.1f}s: the vCPU does not idle"
+            qmp = _QMP(qmp_sock, time.monotonic() + 10)
+            try:
+                qmp.cmd("stop")
+                qmp.cmd("pmemsave", val=MiB, size=32 * MiB, filename=str(dump))
+            finally:
+                qmp.close()
+            firsts = dump.read_bytes()[::4096]
             assert firsts[0] != 0 or firsts[-1] != 0, "memory was never dirtied"
             assert bootblock_pattern_ok(firsts), "bootblock page pattern broken"
 

@@ -92,6 +92,18 @@ def test_bootblock_is_one_boot_sector(cache):
     assert path.stat().st_mtime_ns == mtime
 
 
+def test_bootrom_is_a_64k_firmware_with_a_reset_jump(cache):
+    path = images.build_bootrom()
+    data = path.read_bytes()
+    assert len(data) == 64 * 1024
+    # reset vector (ROM offset 0xfff0): ljmp $0xf000, $real (real at ROM offset 0)
+    assert data[0xfff0:0xfff5] == b"\xea\x00\x00\x00\xf0"
+    assert path.parent.name.startswith("bootrom-") and path.parent.parent == cache
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    assert manifest["outputs"]["bootrom.bin"]["sha256"] == _sha(path)
+    assert images.build_bootrom() == path
+
+
 def test_linux_image_and_manifest(built):
     d, combined = built
     lx = combined["linux"]
@@ -151,12 +163,13 @@ def test_two_builds_are_byte_identical(built, tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_KERNEL_DEB", str(next((d1 / "downloads").glob("*.deb")))
                        if (d1 / "downloads").is_dir() else _default_cached_deb())
     second = images.build_all()
-    for kind in ("bootblock", "linux"):
+    for kind in ("bootblock", "bootrom", "linux"):
         assert first[kind]["manifest"]["outputs"] == second[kind]["manifest"]["outputs"], kind
         assert first[kind]["manifest"]["key"] == second[kind]["manifest"]["key"]
     files1 = sorted(p.relative_to(d1) for p in d1.glob("*-*/*") if p.name != "manifest.json")
     files2 = sorted(p.relative_to(d2) for p in d2.glob("*-*/*") if p.name != "manifest.json")
-    assert files1 == files2 and len(files1) == 4  # bootblock.bin, vmlinuz, initrd.img, workload
+    # bootblock.bin, bootrom.bin, vmlinuz, initrd.img, workload
+    assert files1 == files2 and len(files1) == 5
     for rel in files1:
         assert _sha(d1 / rel) == _sha(d2 / rel), rel
 
