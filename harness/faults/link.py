@@ -81,6 +81,7 @@ class LinkFaults:
         self._filtered = False
         self._limited = False
         self._checked = False        # interface existence, checked once before the first filter
+        self._chain_ready = False    # chain and jumps made by us and not cleared since
 
     # ---------------------------------------------------------------- link
     def down(self) -> None:
@@ -125,6 +126,12 @@ class LinkFaults:
         else:
             rules += [[*m, *tcp_reset] for m in self._match(port)]
         self._add(rules)
+
+    def prepare(self) -> None:
+        """Make our (empty) chain and its jumps now, so that a later drop() or reject()
+        costs only its own rules: a fault timed by a remote runner's latency (~0.2 s an
+        exec on some hosts) lands closer to when it was asked for. restore() removes them."""
+        self._ensure_chain()
 
     def clear_filters(self) -> None:
         """Remove our chain and its two jumps (nothing else); fine if they are not there."""
@@ -245,6 +252,8 @@ class LinkFaults:
         return [line.split() for line in out.splitlines() if line.strip()]
 
     def _ensure_chain(self) -> None:
+        if self._chain_ready:
+            return
         if not self._checked:
             # iptables takes any interface name: catch a typo here, not as a fault that never bites.
             self._must([self.ip, "link", "show", "dev", self.interface])
@@ -259,6 +268,7 @@ class LinkFaults:
             if ["-A", *hook] not in rules:
                 # Position 1: ahead of any ACCEPT a firewall already has.
                 self._must(self._ipt("-I", hook[0], "1", *hook[1:]))
+        self._chain_ready = True
 
     def _add(self, rules: list[list[str]]) -> None:
         self._ensure_chain()
@@ -274,6 +284,7 @@ class LinkFaults:
         return [["-p", "tcp", "--dport", str(port)], ["-p", "tcp", "--sport", str(port)]]
 
     def _clear_filters(self, *, quiet_unless_used: bool = False) -> list[str]:
+        self._chain_ready = False
         try:
             rules = self._rules()
         except LinkFaultError as exc:
