@@ -16,8 +16,12 @@ Env is whatever drives the two QEMUs; it needs:
   listener(channel) -> (host, port) | None   main: the destination's migration
                                      listener; recover: the last recovery listener
   migrate_uri() -> str               where the source migrates to (maybe a relay)
+  listen_host() -> str               the address the destination listens on (a
+                                     recovery listener too; 127.0.0.1 locally)
   set_recover_port(port)             remember the recovery listener
-  cut() -> int                       reset the migration connection(s)
+  cut() -> int                       reset the migration connection(s): a relay's
+                                     locally (how many connections), an iptables
+                                     reject on remote hosts (how many ports)
   hold(sock)                         keep a socket open until the attempt ends
   pending_listener() -> str          a URI of a socket that listens but never accepts
 
@@ -189,7 +193,8 @@ class Recover(Action):
         return dc.surface.has("migrate-recover")
 
     def apply(self, env, side, args):
-        cls, words = _qmp(env, "dst", "migrate-recover", {"uri": "tcp:127.0.0.1:0"}, oob=True)
+        host = env.listen_host()
+        cls, words = _qmp(env, "dst", "migrate-recover", {"uri": f"tcp:{host}:0"}, oob=True)
         if cls != "ok":
             return cls, words
         port = None
@@ -202,7 +207,7 @@ class Recover(Action):
         if port is None:
             return cls, words + "; no recovery port"
         env.set_recover_port(port)
-        cls2, words2 = _qmp(env, "src", "migrate", {"uri": f"tcp:127.0.0.1:{port}", "resume": True})
+        cls2, words2 = _qmp(env, "src", "migrate", {"uri": f"tcp:{host}:{port}", "resume": True})
         return cls2, f"{words}; {words2}"
 
 

@@ -298,6 +298,9 @@ class Env:
     def migrate_uri(self):
         return self.uri
 
+    def listen_host(self):
+        return "127.0.0.1"
+
     def cut(self):
         return self.relay.cut() if self.relay else 0
 

@@ -171,6 +171,9 @@ class HarnessEnv:
     def migrate_uri(self):
         return self._migrate_uri
 
+    def listen_host(self):
+        return "127.0.0.1"
+
     def cut(self):
         return self.st.proxy.cut() if self.st.proxy is not None else 0
 
