@@ -50,6 +50,8 @@ def pytest_addoption(parser):
     g.addoption("--chaos-seconds", type=float, default=None, metavar="SECONDS",
                 help="run the chaos engine as tests (tests/migration/test_chaos.py): one explorer per "
                      "xdist worker for SECONDS each; without it those tests skip")
+    g.addoption("--chaos-kinds", default="", metavar="KIND,...",
+                help="with --chaos-seconds: draw only these action kinds (as `harness chaos --kinds`)")
     g.addoption("--hammer-time", type=float, default=None, metavar="SECONDS",
                 help="repeat the selected tests until SECONDS have passed")
     g.addoption("--until-crash", action="store_true",
@@ -140,6 +142,11 @@ def _validate_options(config) -> None:
             raise SpecError(f"--hammer-time {o.hammer_time} must be > 0")
         if o.chaos_seconds is not None and o.chaos_seconds <= 0:
             raise SpecError(f"--chaos-seconds {o.chaos_seconds:g} must be > 0")
+        if o.chaos_kinds:
+            from harness.runtime.actions import BY_KIND
+            for k in filter(None, o.chaos_kinds.split(",")):
+                if k not in BY_KIND:
+                    raise SpecError(f"--chaos-kinds {k}: no such action (have {', '.join(sorted(BY_KIND))})")
     except (SpecError, BinaryError, HostError, inventory_mod.InventoryError, ValueError,
             dirs.DirError) as exc:
         raise pytest.UsageError(str(exc)) from None

@@ -273,8 +273,14 @@ def disk_args(workdir: Path) -> tuple[str, ...]:
     disk = workdir / "disk0.qcow2"
     if not disk.exists():
         shutil.copyfile(_empty_disk(qemu_img), disk)
+    return layout_args(str(disk))
+
+
+def layout_args(disk: str) -> tuple[str, ...]:
+    """The qcow2 at `disk` (a path on the QEMU's host) as node SNAP_DISK, and a free root
+    port for hotplug."""
     node = {"driver": "qcow2", "node-name": act.SNAP_DISK,
-            "file": {"driver": "file", "filename": str(disk)}}
+            "file": {"driver": "file", "filename": disk}}
     return ("-blockdev", json.dumps(node, separators=(",", ":")), "-device", f"ide-hd,drive={act.SNAP_DISK},bus=ide.1",
             "-device", "pcie-root-port,id=hp0,chassis=7")
 
@@ -291,8 +297,14 @@ def prepare_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases
     """Lay out the disk and TLS files and spawn the pair (source paused: its guest
     starts when the attempt begins, whether the pair was spawned ahead or not)."""
     base = base_of(plan, bases)
-    layout = disk_args(run.artifacts / "shared")
-    tls = base.tls.materialize(run.artifacts / "tls") if base.tls is not None else None
+    # Inventory hosts: a disk per side on its own host, TLS staged (harness.stress.remote,
+    # imported here: it builds on HarnessEnv).
+    from harness.stress import remote
+    if remote.remote_pair(run.placement):
+        layout, tls = (), remote.setup(run, base, layout_args, DISK_MIB)
+    else:
+        layout = disk_args(run.artifacts / "shared")
+        tls = base.tls.materialize(run.artifacts / "tls") if base.tls is not None else None
     spec = base_spec.with_(guest=GuestSpec(kind=GuestKind.BOOTBLOCK, paced_rom=paced_guest), extra_monitors=1,
                            memory_mib=BOOTROM_MIN_MIB if paced_guest else BOOTBLOCK_MIN_MIB,
                            extra_args=base_spec.extra_args + layout)
@@ -318,6 +330,7 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
     verdict: Verdict | None = None
     proxy = None
     marks = [("start", time.monotonic())]
+    from harness.stress import remote   # builds on HarnessEnv (see prepare_attempt)
     try:
         if prepared is None:
             prepared = prepare_attempt(run, base_spec, plan, bases, dst_binary, paced_guest)
@@ -332,7 +345,9 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
             tuning.set_capabilities(m, caps)
         tuning.set_parameters(pair.src, {**dict(base.src_params), **(tls.src_params if tls else {})})
         tuning.set_parameters(pair.dst, {**dict(base.dst_params), **(tls.dst_params if tls else {})})
-        if base.transport is Transport.UNIX:
+        if remote.remote_pair(run.placement):
+            migrate_uri, main = remote.incoming(pair, base)
+        elif base.transport is Transport.UNIX:
             path = pair.dst.run_dir / "mig.sock"
             pair.dst.cmd("migrate-incoming", {"uri": f"unix:{path}"})
             migrate_uri, main = f"unix:{path}", str(path)
@@ -342,7 +357,8 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
             proxy = TcpProxy(("127.0.0.1", port), name="chaos").start()
             migrate_uri, main = proxy.uri, ("127.0.0.1", port)
         st = PairState(pair, proxy)
-        env = HarnessEnv(st, migrate_uri, main)
+        env = (remote.RemoteEnv(st, migrate_uri, main, remote.ChaosLink(run.placement), plan)
+               if remote.remote_pair(run.placement) else HarnessEnv(st, migrate_uri, main))
         phases = Phases(st)
         tuning.ensure_non_converge(pair.src)   # keep it active while the plan runs
         pair.src.cmd("migrate", {"uri": migrate_uri})
