@@ -79,6 +79,8 @@ TABLE = [
     BadInput("run-root-not-ours", "pytest", PYTEST,
              f"HARNESS_RUN_ROOT {THEIRS} is owned by nobody (uid 65534)",
              env={"HARNESS_RUN_ROOT": THEIRS}, make=_theirs),
+    BadInput("chaos-kinds-bogus", "pytest", (*PYTEST, "--chaos-kinds", "link-cut,bogus"),
+             "--chaos-kinds bogus: no such action"),
     BadInput("hammer-attempts-0", "harness", (*HAMMER, "--attempts", "0"), "--attempts 0 must be >= 1"),
     BadInput("hammer-seconds-0", "harness", (*HAMMER[:2], "--seconds", "0"), "--seconds 0"),
     BadInput("hammer-seconds-negative", "harness", (*HAMMER[:2], "--seconds", "-5"), "--seconds -5"),
