@@ -143,20 +143,17 @@ def _main(args) -> int:
         "bases": [b.path for b in bases]}, indent=2) + "\n")
     print(f"chaos seed {seed}: {len(bases)} base(s), {len(surface.capabilities)} capabilities, "
           f"{len(surface.parameters)} parameters; -j {args.parallel}; exploring {args.seconds:g}s, "
-          f"then per violation (at most {args.max_findings}) minimising <= {args.minimise_seconds:g}s "
-          f"and verifying <= {args.verify_seconds:g}s; artifacts {root}", file=sys.stderr, flush=True)
+          f"then per violation (at most {args.max_findings}, {args.parallel} at a time) minimising "
+          f"<= {args.minimise_seconds:g}s and verifying <= {args.verify_seconds:g}s; artifacts {root}", file=sys.stderr, flush=True)
     cfg = HammerConfig(base=base_spec, artifacts=root / "runs", seconds=args.seconds,
                        parallel=args.parallel, seed=seed, malloc_perturb=not args.no_malloc_perturb)
     triage = hammer(recipe, cfg, display.for_terminal())
     coverage = Coverage()
     coverage.add(triage.coverage)
     rows = triage.rows()
-    findings = []
-    for i, st in enumerate(rows[:args.max_findings]):
-        print(f"[{i + 1}/{min(len(rows), args.max_findings)}] following up {st.signature} "
-              f"({st.count} hit(s))", file=sys.stderr, flush=True)
+    for st in rows:
         st.attempts_seen = triage.attempts
-        findings.append(_follow_up(st, recipe, base_spec, root, args))
+    findings = _follow_ups(rows[:args.max_findings], recipe, base_spec, root, args)
     summary = {"seed": seed, "plans": triage.attempts, "seconds": round(triage.elapsed, 1),
                "plans_per_s": round(triage.attempts / triage.elapsed, 2) if triage.elapsed else 0,
                "coverage": coverage.counts(), "violations": findings}
@@ -201,6 +198,58 @@ def _load_plan(path: str, bases) -> ChaosPlan:
 def _catalog_paths() -> set:
     from harness.migration import catalog
     return set(catalog.by_path())
+
+
+def _follow_ups(rows: list, recipe: ChaosRecipe, base_spec: MachineSpec, root: Path, args) -> list[dict]:
+    """Follow every violation up, -j of them at a time (each in its own worker process,
+    dying with us; an interrupt stops them all, their QEMUs and run dirs with them).
+    Each keeps its own budgets, so the whole phase takes at most
+    ceil(n / j) * (minimise + verify) seconds."""
+    n = len(rows)
+    jobs = [(i, st) for i, st in enumerate(rows)]
+    workers = min(args.parallel, n)
+    if workers <= 1:
+        return [_follow_up_numbered(i, n, st, recipe, base_spec, root, args) for i, st in jobs]
+    import multiprocessing as mp
+    import queue
+    from harness import proctree
+    from harness.stress.hammer import stop_workers
+    ctx = mp.get_context("spawn")
+    out, stop = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_follow_up_worker, daemon=True,
+                         args=(jobs[w::workers], n, recipe, base_spec, root, args, out, os.getpid()))
+             for w in range(workers)]
+    results: dict[int, dict] = {}
+    try:
+        with proctree.signals_blocked():
+            for p in procs:
+                p.start()
+        while len(results) < n:
+            try:
+                i, info = out.get(timeout=0.5)
+                results[i] = info
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+    finally:
+        stop_workers(procs, stop)
+    return [results.get(i, {"signature": st.signature, "kind": st.kind, "count": st.count,
+                            "actions_before": "-", "actions_after": "-",
+                            "standalone": "not followed up: its worker died"})
+            for i, st in jobs]
+
+
+def _follow_up_worker(jobs, n, recipe, base_spec, root, args, out, parent) -> None:
+    from harness import proctree
+    proctree.become_worker(parent)
+    quiet_expected_noise()
+    for i, st in jobs:
+        out.put((i, _follow_up_numbered(i, n, st, recipe, base_spec, root, args)))
+
+
+def _follow_up_numbered(i: int, n: int, st, recipe, base_spec, root, args) -> dict:
+    print(f"[{i + 1}/{n}] following up {st.signature} ({st.count} hit(s))", file=sys.stderr, flush=True)
+    return _follow_up(st, recipe, base_spec, root, args)
 
 
 def _follow_up(st, recipe: ChaosRecipe, base_spec: MachineSpec, root: Path, args) -> dict:

@@ -223,7 +223,7 @@ def hammer(recipe, cfg: HammerConfig, progress: Display | None = None) -> Triage
                     p.start()
             _collect(procs, out, stop, cfg, triage, errors, finished, t_start, progress)
         finally:
-            _stop_workers(procs, stop)
+            stop_workers(procs, stop)
     triage.errors = errors
     triage.elapsed = time.time() - t_start
     if progress:
@@ -264,7 +264,7 @@ def _collect(procs, out, stop, cfg: HammerConfig, triage: Triage, errors: list,
             next_report = time.monotonic() + 1.0
 
 
-def _stop_workers(procs, stop) -> None:
+def stop_workers(procs, stop) -> None:
     """Normal end: workers finish their attempt (up to EXIT_GRACE). Interrupted: SIGTERM
     at once (each kills its QEMUs, removes its run dirs, exits), SIGKILL after
     STOP_GRACE, and whatever a killed worker left is reaped by its PID."""
