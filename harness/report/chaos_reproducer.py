@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 
 import harness.runtime.actions as actions_mod
+import harness.runtime.fileload as fileload_mod
 import harness.runtime.standalone as standalone_mod
 from harness.report import repro_contract
 from harness.report.reproducer import match_for, run_script_tree
@@ -49,9 +50,15 @@ def _guest_image(argv_text: str) -> tuple[str, Path]:
     return "@BOOT@", Path(m.group(1))
 
 
+LINUX_NOTE = ("seen with the Linux guest; this script boots the boot sector instead (it cannot "
+              "carry a kernel and initramfs), so it may not show the violation")
+
+
 def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, *, base,
-                 hit_rate: str = "not measured", versions: str = "") -> Path:
-    """attempt_dir: artifacts of a run that showed `signature` (command lines, outcomes)."""
+                 hit_rate: str = "not measured", versions: str = "", guest_note: str = "") -> Path:
+    """attempt_dir: artifacts of a boot-sector run of the plan (command lines, outcomes).
+    The script always boots the boot sector; guest_note says so when the violation was
+    seen with another guest (LINUX_NOTE)."""
     src_text = (attempt_dir / "source" / "cmdline.txt").read_text()
     marker, boot = _guest_image(src_text)
     subst = {str(boot): marker, str(attempt_dir / "shared" / "disk0.qcow2"): "@DISK@"}
@@ -85,7 +92,10 @@ def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, 
         "caps": [list(c) for c in base.caps],
         "src_params": {**dict(base.src_params), **({"tls-creds": "tlscreds0"} if tls else {})},
         "dst_params": {**dict(base.dst_params), **({"tls-creds": "tlscreds0"} if tls else {})},
-        "hold": {"max-bandwidth": 3_000_000, "downtime-limit": 1},
+        # a file base's save must end for its load to begin: it runs converging
+        "hold": dict(oracles.SETTLE_PARAMS) if base.file else {"max-bandwidth": 3_000_000, "downtime-limit": 1},
+        "live": base.live,
+        "file_offset": base.file_offset,
         "settle": oracles.SETTLE_PARAMS,
         "span_ms": plan.span_ms,
         "steps": [dict(s.to_dict(), text=s.describe()) for s in plan.steps],
@@ -94,10 +104,11 @@ def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, 
         # the guest image, zlib'd (the 64 KiB firmware form is mostly zeros)
         "guest_image": {"marker": marker, "name": boot.name,
                         "zb64": base64.b64encode(zlib.compress(boot.read_bytes(), 9)).decode()},
+        "guest": guest_note or "bootblock",
     }
     if tls:   # x509 server names must stay valid: the cert files are embedded as they were
         config["tls_note"] = "TLS credentials embedded under @TLS@"
-    text = _script(config, signature, hit_rate, versions)
+    text = _script(config, signature, hit_rate, versions, guest_note)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     out.chmod(0o755)
@@ -109,13 +120,15 @@ HEADER = '''#!/usr/bin/env python3
 
 Shows:     {signature}
 Base:      {base} (catalog scenario whose migration setup it starts from)
+Guest:     {guest}
 Hit rate:  {hit_rate}
 Versions:  {versions}
 
 It starts a source and a destination QEMU (command lines below), migrates over a
-local TCP relay, replays the steps below (fired at +at_ms after `migrate`, or
-after the named side first reports the `on` status/event), settles the
-migration and looks for the same violation.
+local TCP relay (or, for a file base, saves to a file and loads it into the
+destination once the save completed), replays the steps below (fired at +at_ms
+after `migrate`, or after the named side first reports the `on` status/event),
+settles the migration and looks for the same violation.
 
 Needs python3 and QEMU (qemu-system-x86_64, qemu-img) only.
 Usage: {name} [--qemu PATH | --qemu-src PATH --qemu-dst PATH] [--attempts N] [--seconds S]
@@ -156,6 +169,7 @@ def _tls_dir(files):
 if __name__ == "__main__":
     contract = _install("qmh_repro_contract", CONTRACT_SOURCE)
     _install("harness.runtime.actions", ACTIONS_SOURCE)
+    _install("harness.runtime.fileload", FILELOAD_SOURCE)
     standalone = _install("harness.runtime.standalone", STANDALONE_SOURCE)
     if CONFIG["tls_files"]:
         tls = _tls_dir(CONFIG["tls_files"])
@@ -165,13 +179,15 @@ if __name__ == "__main__":
 '''
 
 
-def _script(config: dict, signature: str, hit_rate: str, versions: str) -> str:
+def _script(config: dict, signature: str, hit_rate: str, versions: str, guest_note: str = "") -> str:
     head = HEADER.format(signature=signature, base=config["base"], hit_rate=hit_rate,
+                         guest="boot sector" + (f" ({guest_note})" if guest_note else ""),
                          versions=versions or "the exporting run's only", name="THIS_SCRIPT",
                          binaries=", ".join(sorted({config["src_binary"], config["dst_binary"]})))
     body = "CONFIG = " + pprint.pformat(config, width=100, sort_dicts=False) + "\n\n"
     sources = (f"CONTRACT_SOURCE = {repro_contract.EMBED!r}\n\n"
                f"ACTIONS_SOURCE = {Path(actions_mod.__file__).read_text()!r}\n\n"
+               f"FILELOAD_SOURCE = {Path(fileload_mod.__file__).read_text()!r}\n\n"
                f"STANDALONE_SOURCE = {Path(standalone_mod.__file__).read_text()!r}\n")
     return head + "\n" + body + sources + LOADER
 

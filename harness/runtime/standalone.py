@@ -6,7 +6,10 @@ An exported reproducer embeds this module and actions.py verbatim and runs
 the engine's. CONFIG holds the two command lines (@RUNDIR@ for the run dir,
 @DISK@ for the shared qcow2 disk, @BOOT@ for the boot sector), the base's
 caps and params, the steps and what counts as a hit; @BOOT@ is the boot sector,
-@ROM@ its paced firmware form (whichever the attempt booted).
+@ROM@ its paced firmware form (whichever the attempt booted). A file base
+(transport "file") saves to a file in the destination's run dir (the source
+stopped first unless "live") and loads it into the destination as soon as the
+save completed (harness.runtime.fileload, embedded too).
 
 Exit status follows `git bisect run`: 0 the violation did not show in the
 attempts, 1 it showed, 125 QEMU could not start or nothing could be decided.
@@ -28,6 +31,7 @@ import time
 import zlib
 
 from harness.runtime import actions as act
+from harness.runtime.fileload import FileLoad, file_uri
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -332,11 +336,18 @@ def _first_seen(vm, key):
     return None
 
 
-def run_steps(cfg, env, vms):
+def src_seq(vms):
+    """The source's MIGRATION statuses and other event names, in order (FileLoad.tick)."""
+    return [d.get("status") if name == "MIGRATION" else name for _, name, d in list(vms["src"].mon.events)]
+
+
+def run_steps(cfg, env, vms, loader=None):
     t0 = time.monotonic()
     end = t0 + cfg["span_ms"] / 1000   # phase-triggered steps whose phase has not come are dropped
     pending = list(cfg["steps"])
     while pending:
+        if loader is not None:
+            loader.tick(env, src_seq(vms))
         now = time.monotonic()
         due = []
         for i, s in enumerate(pending):
@@ -352,14 +363,16 @@ def run_steps(cfg, env, vms):
             action = act.BY_KIND[s["kind"]]
             if action.needs_alive and not env.alive(s["side"]):
                 continue
-            action.apply(env, s["side"], tuple(s["args"]))
+            outcome, _ = action.apply(env, s["side"], tuple(s["args"]))
+            if loader is not None:
+                loader.step_applied(s["side"], s["kind"], s["args"], outcome)
             continue
         if now >= end and not due:
             return
         time.sleep(0.005)
 
 
-def observe(cfg, env, vms):
+def observe(cfg, env, vms, loader=None):
     """Settle as the engine does and name what is seen (the engine's phrases)."""
     src, dst = vms["src"], vms["dst"]
     try:
@@ -399,6 +412,10 @@ def observe(cfg, env, vms):
         return "clean"
     if status is not None and status not in TERMINAL:
         return f"hang: migration stuck in '{status}'"
+    if loader is not None and status == "completed":
+        loader.tick(env, src_seq(vms))     # a save that completed after the plan: load it
+        if loader.excuse():
+            return "clean"
     if status == "completed" and "dst" not in env.killed:
         end = time.monotonic() + 15
         dstat = dst.status()
@@ -413,7 +430,7 @@ def observe(cfg, env, vms):
 
 
 def attempt(cfg, subst, perturb, bins):
-    vms, relay, env = {}, None, None
+    vms, relay, env, loader = {}, None, None, None
     try:
         vms["src"] = Vm("src", bins["src"], cfg["src_args"], subst, perturb)
         vms["dst"] = Vm("dst", bins["dst"], cfg["dst_args"], subst, perturb)
@@ -427,7 +444,11 @@ def attempt(cfg, subst, perturb, bins):
                 params = cfg[f"{side}_params"]
                 if params:
                     vms[side].mon.cmd("migrate-set-parameters", params)
-            if cfg["transport"] == "unix":
+            if cfg["transport"] == "file":   # save to a file; the destination loads it after
+                uri = file_uri(os.path.join(dst.dir, "migration.bin"), cfg.get("file_offset"))
+                loader = FileLoad(uri)
+                env = Env(vms, None, None, uri)
+            elif cfg["transport"] == "unix":
                 path = os.path.join(dst.dir, "mig.sock")
                 dst.mon.cmd("migrate-incoming", {"uri": f"unix:{path}"})
                 env = Env(vms, None, path, f"unix:{path}")
@@ -437,12 +458,14 @@ def attempt(cfg, subst, perturb, bins):
                 relay = Relay(port)
                 env = Env(vms, relay, ("127.0.0.1", port), f"tcp:127.0.0.1:{relay.port}")
             src.mon.cmd("migrate-set-parameters", cfg["hold"])
+            if not cfg.get("live", True):
+                src.mon.cmd("stop")
             src.mon.cmd("migrate", {"uri": env.migrate_uri()})
         except (act.NoReply, act.Gone, KeyError) as exc:
             raise SetupError(f"migration setup failed: {exc!r}") from None
-        run_steps(cfg, env, vms)
+        run_steps(cfg, env, vms, loader)
         env.release()
-        seen = observe(cfg, env, vms)
+        seen = observe(cfg, env, vms, loader)
     finally:
         if env is not None:
             env.release()

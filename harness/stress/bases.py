@@ -2,10 +2,18 @@
 
 A base is a catalog scenario's migration setup (caps and params on both sides,
 transport, TLS credentials, multifd channels and compression, postcopy with or
-without preempt) without the scenario's own checks: the chaos oracles judge
-instead. Scenarios whose flow cannot run under chaos (expected refusals or
-failures, RDMA, file/fd/exec transports, hops, cpr, COLO before it works) are
-not eligible, each with its reason.
+without preempt, file and mapped-ram) without the scenario's own checks: the
+chaos oracles judge instead. Scenarios whose flow cannot run under chaos
+(expected refusals or failures, RDMA, fd/exec transports, fdsets, hops, cpr,
+COLO) are not eligible, each with its reason (`harness chaos` prints the
+reasons of a family it was asked for once: see `skipped()`).
+
+File bases (flow file: /migration/precopy/file..., /migration/multifd/file/
+mapped-ram...) save to `file:PATH[,offset=N]` in the destination's run dir,
+the source stopped first unless the scenario is live, and the destination
+loads that file (`migrate-incoming file:...`) as soon as the source reports
+'completed': the plan's steps land in the save, in the load, or between them
+(harness.runtime.fileload, the code the exported reproducer runs too).
 """
 from __future__ import annotations
 
@@ -18,13 +26,14 @@ from harness.migration.scenario import Flow, Result, Scenario
 from harness.migration.transports import Transport
 from harness.qemu.spec import SpecError
 
-CHAOS_FLOWS = frozenset({Flow.PRECOPY, Flow.POSTCOPY, Flow.POSTCOPY_RECOVERY, Flow.CANCEL})
-CHAOS_TRANSPORTS = frozenset({Transport.TCP, Transport.UNIX})
+CHAOS_FLOWS = frozenset({Flow.PRECOPY, Flow.POSTCOPY, Flow.POSTCOPY_RECOVERY, Flow.CANCEL, Flow.FILE})
+CHAOS_TRANSPORTS = frozenset({Transport.TCP, Transport.UNIX, Transport.FILE})
 # Setup parameters that only shape a scenario's own checks; chaos sets bandwidth itself.
 SHAPING = frozenset({"max-bandwidth", "downtime-limit", "max-postcopy-bandwidth",
                      "avail-switchover-bandwidth"})
 # Relative cost (an attempt's wall time): the draw favours cheap bases.
-COST = {Flow.PRECOPY: 1.0, Flow.CANCEL: 1.0, Flow.POSTCOPY: 1.5, Flow.POSTCOPY_RECOVERY: 1.5}
+COST = {Flow.PRECOPY: 1.0, Flow.CANCEL: 1.0, Flow.POSTCOPY: 1.5, Flow.POSTCOPY_RECOVERY: 1.5,
+        Flow.FILE: 1.5}
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,13 @@ class ChaosBase:
     dst_params: tuple
     tls: object = None     # harness.migration.tls.Psk / X509 (materialize(workdir))
     cost: float = 1.0
+    live: bool = True      # False: the source is stopped before `migrate` (file bases)
+    file_offset: int | None = None   # file bases: file:PATH,offset=N
+
+    @property
+    def file(self) -> bool:
+        """Save to a file, then load it (transport file)."""
+        return self.transport is Transport.FILE
 
     @property
     def postcopy(self) -> bool:
@@ -55,6 +71,10 @@ def ineligible(s: Scenario) -> str | None:
         return f"flow {s.flow.value} is not run under chaos"
     if s.transport not in CHAOS_TRANSPORTS:
         return f"transport {s.transport.value} is not run under chaos"
+    if (s.flow is Flow.FILE) != (s.transport is Transport.FILE):
+        return f"flow {s.flow.value} over transport {s.transport.value} is not run under chaos"
+    if s.flow is Flow.FILE and not isinstance(s.options.offset, (int, type(None))):
+        return f"file offset {s.options.offset!r} is for QEMU to refuse"
     if s.expect.result is not Result.COMPLETED and s.flow is not Flow.CANCEL:
         return f"expects {s.expect.result.value}: its setup is meant to fail"
     if s.known_bug is not None:
@@ -79,7 +99,19 @@ def from_scenario(s: Scenario) -> ChaosBase:
     return ChaosBase(path=s.path, transport=s.transport, caps=tuple(sorted(d.src_caps.items())),
                      src_params=tuple((k, v) for k, v in d.src_params.items() if k not in SHAPING),
                      dst_params=tuple((k, v) for k, v in d.dst_params.items() if k not in SHAPING),
-                     tls=d.tls, cost=COST.get(s.flow, 1.0))
+                     tls=d.tls, cost=COST.get(s.flow, 1.0), live=s.live,
+                     file_offset=s.options.offset if s.flow is Flow.FILE else None)
+
+
+# --families also takes these names, which cut across the catalog's family modules.
+GROUPS = {
+    "file": lambda s: s.flow is Flow.FILE,
+    "mapped-ram": lambda s: s.flow is Flow.FILE and bool(s.caps.get("mapped-ram")),
+}
+
+
+def in_families(s: Scenario, families) -> bool:
+    return not families or any(GROUPS[f](s) if f in GROUPS else s.family == f for f in families)
 
 
 PLAIN = ChaosBase(path="/migration/chaos/precopy/tcp", transport=Transport.TCP,
@@ -97,12 +129,12 @@ def eligible(families: tuple[str, ...] | None = None, paths: tuple[str, ...] | N
             raise SpecError(f"--scenario {missing[0]}: no such catalog scenario")
         out = [from_scenario(known[p]) for p in paths]   # an ineligible named one is an error
     else:
-        fams = {s.family for s in known.values()}
+        fams = {s.family for s in known.values()} | set(GROUPS)
         for f in families or ():
             if f not in fams:
                 raise SpecError(f"--families {f}: no such family (have {', '.join(sorted(fams))})")
         out = [from_scenario(s) for s in known.values()
-               if (not families or s.family in families) and ineligible(s) is None
+               if in_families(s, families) and ineligible(s) is None
                and (check is None or check(s) is None)]
         if not out:
             raise SpecError(f"no catalog scenario of {', '.join(families or ['any family'])} "
@@ -130,3 +162,26 @@ def requirement_check(src_binary: str, dst_binary: str, accel: str):
     def check(s: Scenario) -> str | None:
         return next(filter(None, (r.check(env) for r in s.requires)), None)
     return check
+
+
+def skipped(families: tuple[str, ...] | None = None, check=None) -> dict[str, str]:
+    """family -> why none of its scenarios is a chaos base here (for the families asked
+    for, or every family), one line each: what `harness chaos` prints once per run."""
+    out: dict[str, str] = {}
+    by_family: dict[str, list[Scenario]] = {}
+    for s in catalog.by_path().values():
+        for f in (families or (s.family,)):
+            if in_families(s, (f,)):
+                by_family.setdefault(f, []).append(s)
+    for family, scenarios in sorted(by_family.items()):
+        reasons = []
+        for s in scenarios:
+            why = ineligible(s) or (check(s) if check is not None else None)
+            if why is None:
+                break
+            reasons.append(why)
+        else:
+            common = max(set(reasons), key=reasons.count)
+            out[family] = common if reasons.count(common) == len(reasons) else \
+                f"{common} (and {len(set(reasons)) - 1} other reason(s))"
+    return out

@@ -7,6 +7,7 @@ Exit status: 0 nothing found, 1 violations found, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -18,9 +19,10 @@ from harness.qemu import accel as accel_mod
 from harness.qemu.binary import common_machine_type, probe
 from harness.qemu.schema import probe_surface
 from harness.qemu.spec import MachineSpec, SpecError
-from harness.report.chaos_reproducer import export_chaos, run_script
+from harness.report.chaos_reproducer import LINUX_NOTE, export_chaos, run_script
 from harness.run import TestRun
 from harness.stress import bases as bases_mod
+from harness.stress import guests as guests_mod
 from harness.stress.coverage import Coverage
 from harness.stress.engine import ChaosRecipe, base_of
 from harness.stress import display
@@ -49,6 +51,9 @@ def add_parser(sub) -> None:
                                                   "from (default: every eligible one)")
     p.add_argument("--scenario", action="append", default=[], metavar="PATH",
                    help="draw bases only from this catalog path (repeatable)")
+    p.add_argument("--linux-guest", choices=("auto", "off"), default="auto",
+                   help=f"auto: about 1 fresh plan in {guests_mod.LINUX_ONE_IN} boots the Linux guest "
+                        "when its image is built (harness images build); off: the boot sector only")
     p.add_argument("--kinds", default="", help="comma-separated action kinds to draw only (default: "
                                                "all; e.g. freeze,quit to aim at hangs and shutdown)")
     p.add_argument("--corpus", metavar="DIR", help="plans that reached new coverage: loaded at start, "
@@ -113,8 +118,11 @@ def _main(args) -> int:
     if src_bin != dst_bin:
         mt = common_machine_type(probe(src_bin), probe(dst_bin)) or "q35"
     families = tuple(f for f in args.families.split(",") if f)
-    bases = bases_mod.eligible(families or None, tuple(args.scenario) or None,
-                               check=bases_mod.requirement_check(src_bin, dst_bin, accel))
+    check = bases_mod.requirement_check(src_bin, dst_bin, accel)
+    bases = bases_mod.eligible(families or None, tuple(args.scenario) or None, check=check)
+    for family, why in bases_mod.skipped(families or None, check).items():
+        print(f"chaos: family {family} has no base here: {why}", file=sys.stderr, flush=True)
+    linux = args.linux_guest == "auto" and guests_mod.linux_missing() is None
     root = Path(args.artifacts).resolve() / time.strftime("%Y%m%d-%H%M%S")
     replaying = args.replay or args.replay_seed is not None
     plan = _load_plan(args.replay, bases) if args.replay else None   # before any QEMU starts
@@ -122,7 +130,8 @@ def _main(args) -> int:
     corpus = Path(args.corpus).resolve() if args.corpus else root / "corpus"
     recipe = ChaosRecipe(surface=surface, bases=bases, actions=args.actions, span_ms=args.span_ms,
                          corpus_dir=None if replaying else str(corpus), dst_binary=dst_bin,
-                         kinds=_kinds(args), spinning_guest=args.spinning_guest)
+                         kinds=_kinds(args), spinning_guest=args.spinning_guest,
+                         linux=linux)
     base_spec = MachineSpec(binary=src_bin, accel=accel, machine_type=mt)
     if replaying:
         if plan is None:
@@ -140,8 +149,12 @@ def _main(args) -> int:
         "actions": args.actions, "span_ms": args.span_ms, "kinds": list(_kinds(args)), "families": list(families),
         "scenario": args.scenario, "corpus": str(corpus), "malloc_perturb": not args.no_malloc_perturb,
         "spinning_guest": args.spinning_guest,
+        "linux_guest": args.linux_guest, "linux_drawn": linux,
         "bases": [b.path for b in bases]}, indent=2) + "\n")
-    print(f"chaos seed {seed}: {len(bases)} base(s), {len(surface.capabilities)} capabilities, "
+    guest_words = (f"Linux guest ~1 in {guests_mod.LINUX_ONE_IN}" if linux else
+                   "boot sector only" + ("" if args.linux_guest == "off" else
+                                         f" ({guests_mod.linux_missing()})"))
+    print(f"chaos seed {seed}: {len(bases)} base(s), {guest_words}, {len(surface.capabilities)} capabilities, "
           f"{len(surface.parameters)} parameters; -j {args.parallel}; exploring {args.seconds:g}s, "
           f"then per violation (at most {args.max_findings}, {args.parallel} at a time) minimising "
           f"<= {args.minimise_seconds:g}s and verifying <= {args.verify_seconds:g}s; artifacts {root}", file=sys.stderr, flush=True)
@@ -279,10 +292,18 @@ def _follow_up(st, recipe: ChaosRecipe, base_spec: MachineSpec, root: Path, args
     attempts = max(5, min(100, trials_for(rate, 0.05, cap=100))) if rate else 50
     hit_dir = _a_hit(root / "minimise" / name) or Path(st.first_artifacts)
     out = root / "reproducers" / f"{name}.py"
+    guest_note = ""
+    if minimal.guest != guests_mod.BOOTBLOCK:
+        # The script carries the boot sector only: export from a boot-sector run of the plan.
+        minimal = dataclasses.replace(minimal, guest=guests_mod.BOOTBLOCK)
+        hit_dir = root / "minimise" / name / "bootblock-export"
+        v = recipe.attempt(TestRun(hit_dir), base_spec, minimal)
+        guest_note = f"{LINUX_NOTE}; the boot-sector run of this plan gave: {v.signature}"
+        info["note"] = (info.get("note", "") + "; " if info.get("note") else "") + guest_note
     try:
         export_chaos(minimal, st.signature, hit_dir, out, base=base_of(minimal, recipe.bases),
                      hit_rate=f"{st.count} hit(s) in the exploration; {measured}",
-                     versions=probe(base_spec.binary).version)
+                     versions=probe(base_spec.binary).version, guest_note=guest_note)
     except (OSError, ValueError, StopIteration, AttributeError) as exc:
         info["standalone"] = f"not exported: {exc}"
         return info

@@ -31,9 +31,11 @@ from harness.qemu.qmp import QMPCommandError, QMPDisconnected, QMPTimeout
 from harness.qemu.spec import BOOTBLOCK_MIN_MIB, BOOTROM_MIN_MIB, GuestKind, GuestSpec, MachineSpec
 from harness.run import TestRun
 from harness.runtime import actions as act
+from harness.runtime.fileload import FileLoad, file_uri
 from harness.runtime.surface import Surface
 from harness.stress import bases as bases_mod
 from harness.stress import coverage as cov
+from harness.stress import guests
 from harness.stress import oracles
 from harness.stress.oracles import PairState, Verdict, VerdictKind
 from harness.stress.plans import ChaosPlan, Step, generate, mutate
@@ -56,6 +58,7 @@ class ChaosRecipe:
     dst_binary: str | None = None      # cross-version pairs: the destination's binary
     kinds: tuple = ()                  # --kinds: draw only these actions
     spinning_guest: bool = False       # --spinning-guest: qtest's boot sector under SeaBIOS
+    linux: bool = False                # fresh plans may boot the Linux guest (harness.stress.guests)
     path: str = "/migration/chaos"
     _coverage: object = None
     _corpus: object = None
@@ -82,7 +85,7 @@ class ChaosRecipe:
         base = bases_mod.draw(rng, self.bases)
         seed = rng.getrandbits(62)
         steps = generate(random.Random(seed), self.draw_context(base), self.actions, self.span_ms)
-        return ChaosPlan(seed, base.path, tuple(steps), self.span_ms)
+        return ChaosPlan(seed, base.path, tuple(steps), self.span_ms, guests.draw(seed, self.linux))
 
     def prepare(self, run: TestRun, base_spec: MachineSpec, plan: ChaosPlan) -> "Prepared":
         """Spawn the pair of a later attempt now (the hammer does it one attempt ahead,
@@ -214,6 +217,7 @@ class Phases:
         self.runstate = {"src": "running", "dst": "inmigrate"}
         self.first: dict[str, float] = {}          # "side:STATUS" -> when first seen
         self.history = {"src": [], "dst": []}      # MIGRATION statuses in order
+        self.seq = {"src": [], "dst": []}          # statuses and STOP/RESUME/... names in order
 
     def poll(self) -> None:
         for side in ("src", "dst"):
@@ -227,9 +231,11 @@ class Phases:
                 if ev.name == "MIGRATION":
                     s = ev.data.get("status", "?")
                     self.history[side].append(s)
+                    self.seq[side].append(s)
                     self.status[side] = s
                     self.first.setdefault(f"{side}:{s}", ev.received)
                 elif ev.name in ("STOP", "RESUME", "SHUTDOWN", "RESET"):
+                    self.seq[side].append(ev.name)
                     self.runstate[side] = {"STOP": "paused", "RESUME": "running",
                                            "SHUTDOWN": "shutdown", "RESET": self.runstate[side]}[ev.name]
                     self.first.setdefault(f"{side}:{ev.name}", ev.received)
@@ -305,8 +311,8 @@ def prepare_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases
     else:
         layout = disk_args(run.artifacts / "shared")
         tls = base.tls.materialize(run.artifacts / "tls") if base.tls is not None else None
-    spec = base_spec.with_(guest=GuestSpec(kind=GuestKind.BOOTBLOCK, paced_rom=paced_guest), extra_monitors=1,
-                           memory_mib=BOOTROM_MIN_MIB if paced_guest else BOOTBLOCK_MIN_MIB,
+    guest, memory = guests.spec(plan.guest, paced_guest)
+    spec = base_spec.with_(guest=guest, extra_monitors=1, memory_mib=memory,
                            extra_args=base_spec.extra_args + layout)
     started = start_pair(run, spec, dst_binary=dst_binary, dst_paused=False, src_paused=True,
                          src_extra=tls.src_args if tls else (), dst_extra=tls.dst_args if tls else ())
@@ -326,9 +332,10 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
     base = base_of(plan, bases)
     applied: list = []
     coverage: list = []
-    st = env = phases = None
+    st = env = phases = loader = None
     verdict: Verdict | None = None
     proxy = None
+    notes: list = []
     marks = [("start", time.monotonic())]
     from harness.stress import remote   # builds on HarnessEnv (see prepare_attempt)
     try:
@@ -345,7 +352,10 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
             tuning.set_capabilities(m, caps)
         tuning.set_parameters(pair.src, {**dict(base.src_params), **(tls.src_params if tls else {})})
         tuning.set_parameters(pair.dst, {**dict(base.dst_params), **(tls.dst_params if tls else {})})
-        if remote.remote_pair(run.placement):
+        if base.file:   # the destination loads the file once the save completed (FileLoad)
+            migrate_uri, main = file_uri(str(pair.dst.run_dir / "migration.bin"), base.file_offset), None
+            loader = FileLoad(migrate_uri)
+        elif remote.remote_pair(run.placement):
             migrate_uri, main = remote.incoming(pair, base)
         elif base.transport is Transport.UNIX:
             path = pair.dst.run_dir / "mig.sock"
@@ -360,14 +370,21 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
         env = (remote.RemoteEnv(st, migrate_uri, main, remote.ChaosLink(run.placement), plan)
                if remote.remote_pair(run.placement) else HarnessEnv(st, migrate_uri, main))
         phases = Phases(st)
-        tuning.ensure_non_converge(pair.src)   # keep it active while the plan runs
+        if loader is None:
+            tuning.ensure_non_converge(pair.src)   # keep it active while the plan runs
+        else:                                      # the load comes after the save: let it end
+            tuning.set_parameters(pair.src, oracles.SETTLE_PARAMS)
+            if not base.live:
+                pair.src.cmd("stop")
         pair.src.cmd("migrate", {"uri": migrate_uri})
         marks.append(("migrating", time.monotonic()))
-        _run_steps(plan, env, st, phases, applied, coverage)
+        _run_steps(plan, env, st, phases, applied, coverage, loader)
         marks.append(("plan done", time.monotonic()))
         env.release()
         deadline = time.monotonic() + oracles.SETTLE_TIMEOUT
         settled = oracles.settle(st, deadline, recover=lambda: act.Recover().apply(env, "dst", ()))
+        if loader is not None:
+            _finish_load(loader, env, st, phases, settled, notes)
         marks.append(("settled", time.monotonic()))
         verdict = oracles.judge(st, settled)
         marks.append(("judged", time.monotonic()))
@@ -389,10 +406,12 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
             verdict = _quiet_oracles(run, phases) or verdict
     verdict.applied = applied
     verdict.coverage = coverage
+    verdict.notes = list(verdict.notes) + notes
     timing = {name: round(t - marks[i][1], 3) for i, (name, t) in enumerate(marks[1:])}
     verdict.timing = timing
+    extra = {"load": loader.result or "not started", "load_excuse": loader.excuse()} if loader else {}
     (run.artifacts / "plan.json").write_text(json.dumps(dict(plan.to_dict(), applied=[
-        {"step": a, "result": r} for a, r in applied], timing_s=timing), indent=2) + "\n")
+        {"step": a, "result": r} for a, r in applied], timing_s=timing, **extra), indent=2) + "\n")
     return verdict
 
 
@@ -416,20 +435,37 @@ def _fire_time(step: Step, t0: float, phases: Phases) -> float | None:
     return None if seen is None else max(seen, t0) + step.at_ms / 1000
 
 
+def _finish_load(loader: FileLoad, env: HarnessEnv, st: PairState, phases: Phases, settled,
+                 notes: list) -> None:
+    """File bases after settling: a save that completed after the plan is loaded now;
+    a load the plan spoiled is not judged (FileLoad.excuse)."""
+    phases.poll()
+    loader.tick(env, phases.seq["src"])
+    why = loader.excuse()
+    if settled == "completed" and why:
+        st.detached.add("dst")
+        notes.append(f"destination not judged: {why}")
+
+
 def _run_steps(plan: ChaosPlan, env: HarnessEnv, st: PairState, phases: Phases,
-               applied: list, coverage: list) -> None:
+               applied: list, coverage: list, loader: FileLoad | None = None) -> None:
     t0 = time.monotonic()
     end = t0 + plan.span_ms / 1000    # a phase-triggered step whose phase has not come by then is dropped
     pending = list(plan.steps)
     while pending:
         phases.poll()
+        if loader is not None:
+            loader.tick(env, phases.seq["src"])
         now = time.monotonic()
         due = [(t, i) for i, s in enumerate(pending) if (t := _fire_time(s, t0, phases)) is not None]
         ready = [(t, i) for t, i in due if t <= now]
         if ready:
             _, i = min(ready)
             step = pending.pop(i)
-            applied.append((step.describe(), _apply(step, env, st, phases, coverage)))
+            result = _apply(step, env, st, phases, coverage)
+            applied.append((step.describe(), result))
+            if loader is not None:
+                loader.step_applied(step.side, step.kind, step.args, result.split(":", 1)[0])
             continue
         if now >= end and len(due) == 0:
             for s in pending:

@@ -24,6 +24,7 @@ from harness.guest import integrity
 from harness.migration import tuning
 from harness.migration.pair import Pair
 from harness.qemu.machine import Machine
+from harness.qemu.spec import GuestKind
 
 SETTLE_TIMEOUT = 40.0
 STATUS_TIMEOUT = 5.0
@@ -70,6 +71,8 @@ class PairState:
         self.killed: set[str] = set()     # sides the plan shut down or killed on purpose
         self.snapshot_touched: set[str] = set()  # savevm/loadvm/snapshot jobs: status is theirs
         self.reset: set[str] = set()      # system_reset / loadvm: the guest restarted
+        self.detached: set[str] = set()   # sides whose migration outcome the plan spoiled (a
+        #                                   file load it took over or cancelled): not judged
 
     def machine(self, side: str) -> Machine:
         return self.pair.src if side == "src" else self.pair.dst
@@ -129,8 +132,13 @@ def last_stderr_line(m: Machine) -> str:
     return lines[-1] if lines else "(no stderr)"
 
 
+def _linux(m: Machine) -> bool:
+    return m.spec.guest.kind is GuestKind.LINUX
+
+
 def guest_alive(m: Machine, timeout: float = 15.0) -> str | None:
-    """Continue m if needed and see the boot sector make a pass; None if fine."""
+    """Continue m if needed and see the guest progress (a boot-sector pass, a Linux
+    heartbeat); None if fine."""
     st = m.qmp.try_cmd("query-status", timeout=STATUS_TIMEOUT)
     if "error" in st:
         return f"{m.name} does not answer query-status"
@@ -139,7 +147,7 @@ def guest_alive(m: Machine, timeout: float = 15.0) -> str | None:
         if "error" in r:
             return f"{m.name} cannot continue from '{st['status']}': {r['error'][:100]}"
     mark = m.serial.mark()
-    if m.serial.wait_for(rb"B", time.monotonic() + timeout, mark) is None:
+    if m.serial.wait_for(integrity.HB_RX if _linux(m) else rb"B", time.monotonic() + timeout, mark) is None:
         return f"{m.name} guest made no progress in {timeout:.0f}s"
     return None
 
@@ -175,7 +183,7 @@ def judge(st: PairState, settled: str | None) -> Verdict | None:
         return Verdict(VerdictKind.HANG, f"hang: migration stuck in '{settled}'",
                        f"source status '{settled}' {SETTLE_TIMEOUT:.0f}s after the plan")
     if settled == "completed":
-        if "dst" in st.killed or "dst" in st.snapshot_touched:
+        if "dst" in st.killed or "dst" in st.snapshot_touched or "dst" in st.detached:
             return None
         dstat = _wait_dst_terminal(dst, time.monotonic() + 15.0)
         if not dst.is_running() or dstat == "failed":
@@ -188,7 +196,10 @@ def judge(st: PairState, settled: str | None) -> Verdict | None:
             return Verdict(VerdictKind.LOST_VM, "lost-vm: source completed, destination guest dead", problem)
         if "src" not in st.reset and "dst" not in st.reset:
             try:
-                integrity.prove_bootblock_pattern(dst)
+                if _linux(dst):   # heartbeats resume, the in-guest verifier finds 0 bad pages
+                    integrity.prove_linux_guest(dst, timeout=60.0)
+                else:
+                    integrity.prove_bootblock_pattern(dst)
             except integrity.IntegrityError as exc:
                 return Verdict(VerdictKind.LOST_VM, "lost-vm: destination memory corrupt", str(exc))
         return None

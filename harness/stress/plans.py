@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from harness.qemu.spec import SpecError
 from harness.runtime.actions import BY_KIND, SIDES, DrawContext
 
+GUESTS = ("bootblock", "linux")    # harness.stress.guests
 MAX_SPAN_MS = 60_000
 TRIGGER_STATUSES = ("setup", "active", "device", "pre-switchover", "postcopy-active",
                     "postcopy-paused", "postcopy-recover", "cancelling", "completed", "failed")
@@ -55,14 +56,18 @@ class ChaosPlan:
     base: str
     steps: tuple
     span_ms: int
+    guest: str = "bootblock"     # "bootblock" or "linux" (harness.stress.guests)
 
     @property
     def actions(self):      # the minimiser's word for steps
         return self.steps
 
     def to_dict(self) -> dict:
-        return {"seed": self.seed, "base": self.base, "span_ms": self.span_ms,
-                "steps": [s.to_dict() for s in self.steps]}
+        d = {"seed": self.seed, "base": self.base, "span_ms": self.span_ms,
+             "steps": [s.to_dict() for s in self.steps]}
+        if self.guest != "bootblock":
+            d["guest"] = self.guest
+        return d
 
     def with_actions(self, steps) -> "ChaosPlan":
         return replace(self, steps=tuple(sorted(steps, key=_order)))
@@ -85,7 +90,10 @@ class ChaosPlan:
         steps = tuple(_step(i, s, span) for i, s in enumerate(raw))
         if known_bases is not None and base not in known_bases:
             raise PlanError(f"plan: base {base} is not a chaos base here")
-        return cls(seed, base, tuple(sorted(steps, key=_order)), span)
+        guest = d.get("guest", "bootblock")
+        if guest not in GUESTS:
+            raise PlanError(f"plan: guest must be one of {', '.join(GUESTS)}, got {guest!r}")
+        return cls(seed, base, tuple(sorted(steps, key=_order)), span, guest)
 
 
 def _order(s: Step):
