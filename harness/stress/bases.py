@@ -137,8 +137,9 @@ def eligible(families: tuple[str, ...] | None = None, paths: tuple[str, ...] | N
                if in_families(s, families) and ineligible(s) is None
                and (check is None or check(s) is None)]
         if not out:
+            why = "; ".join(f"{f}: {r}" for f, r in skipped(families, check).items())
             raise SpecError(f"no catalog scenario of {', '.join(families or ['any family'])} "
-                            "can run under chaos on these binaries")
+                            f"can run under chaos on these binaries ({why or 'none eligible'})")
     return out
 
 

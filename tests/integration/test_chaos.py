@@ -73,6 +73,7 @@ def _chaos(*args, timeout=300):
     (["--seconds", "-5"], "--seconds -5 must be > 0"),
     (["--families", "nope"], "--families nope: no such family"),
     (["--scenario", "/migration/colo/primary-failover"], "no such catalog scenario"),
+    (["--families", "colo"], "no catalog scenario of colo can run under chaos on these binaries (colo: "),
 ])
 def test_chaos_usage_errors_exit_2(args, message, tmp_path):
     cp = _chaos(*args, "--artifacts", str(tmp_path))
@@ -136,3 +137,54 @@ def test_chaos_as_pytest_items_reports_through_the_triage(tmp_path):
     skipped = subprocess.run([sys.executable, "-m", "pytest", "tests/migration/test_chaos.py", "-p", "no:cacheprovider",
                               "-q", "-rs", "--artifacts", str(tmp_path / "s")], capture_output=True, text=True)
     assert skipped.returncode == 0 and "chaos runs only with --chaos-seconds" in skipped.stdout
+
+
+# ---------------------------------------------------------------- file bases, the Linux guest
+def _file_base(path):
+    from harness.stress import bases
+    return {b.path: b for b in bases.eligible(("file",))}[path]
+
+
+def test_file_base_saves_then_loads_with_steps_in_the_load(base_spec, tmp_path):
+    """mapped-ram, live: the destination loads the file once the save completed; steps
+    triggered by the destination's load fire in it; the loaded guest is judged intact."""
+    base = _file_base("/migration/precopy/file/mapped-ram/live")
+    plan = ChaosPlan(6, base.path, (), 300).with_actions([
+        Step("query-flood", "src", 20, ("query-migrate", 4, False)),
+        Step("set-param", "dst", 0, ("announce-step", 100), on="dst:setup"),
+        Step("query-flood", "dst", 0, ("query-migrate", 4, True), on="dst:active")])
+    v = chaos_attempt(TestRun(tmp_path / "f"), base_spec, plan, [base])
+    assert v.kind is VerdictKind.CLEAN, (v.signature, v.detail, v.applied)
+    results = dict(v.applied)
+    assert results["dst:setup+0ms dst set-param announce-step 100"].startswith("ok"), results
+    assert results["dst:active+0ms dst query-flood query-migrate 4 True"].startswith("sent"), results
+    moves = {t for t in v.coverage if "->" in t}
+    assert {"dst|none->setup", "dst|active->completed"} <= moves, moves
+    assert any(t.startswith("src|") and t.endswith("->completed") for t in moves), moves
+    recorded = json.loads((tmp_path / "f" / "plan.json").read_text())
+    assert recorded["load"] == "migrate-incoming: ok" and recorded["load_excuse"] is None
+
+
+def test_file_plan_exports_a_reproducer_that_loads_the_file(base_spec, tmp_path):
+    """A destination frozen in its load (dst:active) hangs; the exported script saves,
+    loads and hangs the same way on its own."""
+    base = _file_base("/migration/precopy/file/mapped-ram")
+    plan = ChaosPlan(7, base.path, (), 300).with_actions([Step("freeze", "dst", 0, (), on="dst:active")])
+    v = chaos_attempt(TestRun(tmp_path / "first"), base_spec, plan, [base])
+    assert v.signature == "hang: dst does not answer query-status", (v.signature, v.applied)
+    script = export_chaos(plan, v.signature, tmp_path / "first", tmp_path / "repro.py", base=base)
+    rc, last = run_script(script, attempts=1, seconds=60, qemu_src=base_spec.binary, qemu_dst=base_spec.binary)
+    assert rc == 1 and last == f"RESULT hits=1 attempts=1 signature={v.signature}", last
+
+
+def test_linux_guest_plan_is_judged_by_the_in_guest_verifier(base_spec, tmp_path):
+    from harness.stress import guests
+    if guests.linux_missing():
+        pytest.skip(f"Linux guest image: {guests.linux_missing()}")
+    plan = ChaosPlan(8, "/migration/precopy/file", (Step("query-flood", "dst", 0, ("query-status", 2, False)),),
+                     100, guest="linux")
+    v = chaos_attempt(TestRun(tmp_path / "l"), base_spec, plan, [_file_base(plan.base)])
+    assert v.kind is VerdictKind.CLEAN, (v.signature, v.detail, v.applied)
+    serial = (tmp_path / "l" / "destination" / "serial.log").read_bytes()
+    assert b"VERIFY pages=" in serial and b" bad=0" in serial
+    assert json.loads((tmp_path / "l" / "plan.json").read_text())["guest"] == "linux"

@@ -197,7 +197,8 @@ def test_actions_module_is_stdlib_only():
     """Embedded verbatim into reproducers: it may not import harness.* at module level."""
     import harness.runtime.actions as a
     import harness.runtime.standalone as s
-    for mod in (a, s):
+    import harness.runtime.fileload as f
+    for mod in (a, s, f):
         top = [ln for ln in Path(mod.__file__).read_text().splitlines()
                if ln.startswith(("import ", "from ")) and "__future__" not in ln]
         assert all(ln.startswith(("import ", "from harness.runtime")) or ln.split()[1] in sys.stdlib_module_names
@@ -234,3 +235,115 @@ def test_stray_connection_reaches_unix_and_tcp_listeners(tmp_path):
         env.held[0].close()
     u.close()
     t.close()
+
+
+# ---------------------------------------------------------------- file bases, guests, families
+def test_file_and_mapped_ram_scenarios_are_bases():
+    from harness.stress import bases
+    got = {b.path: b for b in bases.eligible(("file",))}
+    assert {"/migration/precopy/file", "/migration/precopy/file/offset",
+            "/migration/precopy/file/mapped-ram/live", "/migration/multifd/file/mapped-ram"} <= set(got)
+    assert all(b.file for b in got.values())
+    assert got["/migration/precopy/file/offset"].file_offset == 0x20
+    assert not got["/migration/precopy/file"].live and got["/migration/precopy/file/mapped-ram/live"].live
+    mr = got["/migration/multifd/file/mapped-ram"]
+    assert dict(mr.caps) == {"events": True, "mapped-ram": True, "multifd": True} and mr.multifd
+    # add-fd hands over descriptors opened here; a string offset is for QEMU to refuse
+    assert "/migration/precopy/file/offset/fdset" not in got and "/migration/precopy/file/offset/bad" not in got
+    assert set(b.path for b in bases.eligible(("mapped-ram",))) < set(got)
+    assert not any(b.file for b in bases.eligible(("tls",)))
+
+
+def test_a_family_without_bases_says_why_once(capsys):
+    from harness.qemu.spec import SpecError
+    from harness.stress import bases
+    why = bases.skipped(("colo", "precopy"))
+    assert set(why) == {"colo"} and "flows/colo.py" in why["colo"], why
+    with pytest.raises(SpecError, match=r"no catalog scenario of colo can run under chaos .*colo: colo: the "
+                                        r"primary/secondary disks"):
+        bases.eligible(("colo",))
+
+
+def test_plans_record_their_guest_and_linux_is_drawn_now_and_then():
+    from harness.stress import guests
+    plan = ChaosPlan(3, "/migration/precopy/file", (Step("cont", "src", 10),), 100, "linux")
+    d = json.loads(json.dumps(plan.to_dict()))
+    assert d["guest"] == "linux" and ChaosPlan.from_dict(d) == plan
+    assert "guest" not in ChaosPlan(3, "/x", (), 100).to_dict()      # old plan files stay as they were
+    with pytest.raises(PlanError, match="plan: guest must be one of bootblock, linux, got 'windows'"):
+        ChaosPlan.from_dict(dict(d, guest="windows"))
+    drawn = [guests.draw(seed, True) for seed in range(2000)]
+    assert drawn == [guests.draw(seed, True) for seed in range(2000)]        # from the seed alone
+    assert 50 < drawn.count("linux") < 160, drawn.count("linux")
+    assert {guests.draw(seed, False) for seed in range(200)} == {"bootblock"}
+    assert guests.spec("linux")[0].kind.value == "linux" and guests.spec("bootblock")[1] >= 128
+
+
+class _FileEnv:
+    """FileLoad's Env: QMP replies from dicts; records what was sent."""
+
+    def __init__(self, src_caps=None, dst_caps=None, incoming=None):
+        self.caps = {"src": src_caps or {"mapped-ram": True}, "dst": dst_caps or {"mapped-ram": True}}
+        self.incoming = incoming or {"return": {}}
+        self.sent = []
+
+    def qmp(self, side, command, args, timeout, oob):
+        self.sent.append((side, command, args))
+        if command == "query-migrate-capabilities":
+            return {"return": [{"capability": k, "state": v} for k, v in self.caps[side].items()]}
+        if command == "query-migrate-parameters":
+            return {"return": {"multifd-compression": "none"}}
+        return self.incoming
+
+
+def test_file_load_starts_once_after_the_save_and_names_what_spoils_it():
+    from harness.runtime.fileload import FileLoad, file_uri
+    uri = file_uri("/r/migration.bin", 0x20)
+    assert uri == "file:/r/migration.bin,offset=0x20" and file_uri("/p", None) == "file:/p"
+    env = _FileEnv()
+    ld = FileLoad(uri)
+    ld.tick(env, ["setup", "active"])
+    assert not ld.started and ld.excuse() is None
+    ld.tick(env, ["setup", "active", "STOP", "completed"])
+    ld.tick(env, ["setup", "active", "STOP", "completed"])
+    assert [c for c in env.sent if c[1] == "migrate-incoming"] == [("dst", "migrate-incoming", {"uri": uri})]
+    assert ld.excuse() is None                                   # a clean load is judged
+    ld.step_applied("dst", "query-flood", ("query-status", 4, False), "sent")
+    ld.step_applied("dst", "cancel", (), "refused:GenericError")
+    assert ld.excuse() is None
+    ld.step_applied("dst", "cancel", (), "ok")
+    assert ld.excuse() == "the plan ended the load (cancel on the destination)"
+
+    def excuse(env=None, seq=("setup", "completed"), steps=()):
+        ld = FileLoad("file:/f")
+        ld.tick(env or _FileEnv(), list(seq))
+        for st in steps:
+            ld.step_applied(*st)
+        return ld.excuse()
+    assert excuse(seq=("setup", "completed", "setup")) == \
+        "the source migrated again after the save (the file was rewritten)"
+    assert excuse(seq=("setup", "completed", "RESUME")).startswith("the source took the shared disk back")
+    assert excuse(steps=[("src", "block-activate", (True,), "ok")]) == \
+        "the source took the shared disk back after the save (block-activate on the source)"
+    assert excuse(steps=[("src", "hmp", ("info status",), "ok")]) is None
+    assert excuse(steps=[("src", "hmp", ("savevm chaos",), "ok")]) is not None
+    assert excuse(_FileEnv(dst_caps={"mapped-ram": False})) == \
+        "the sides' stream settings differed when the load began (mapped-ram: source True, destination False)"
+    refused = _FileEnv(incoming={"error": {"class": "GenericError", "desc": "already started"}})
+    assert excuse(refused) == "load not started: migrate-incoming refused: already started"
+
+
+def test_exported_file_plan_carries_the_load(tmp_path):
+    from harness.report.chaos_reproducer import LINUX_NOTE, export_chaos
+    from harness.stress import bases
+    base = {b.path: b for b in bases.eligible(("file",))}["/migration/precopy/file/offset"]
+    boot = tmp_path / "bootblock.bin"
+    boot.write_bytes(b"\xeb\xfe" + b"\0" * 508 + b"\x55\xaa")
+    plan = ChaosPlan(1, base.path, (Step("freeze", "dst", 0, (), on="dst:active"),), 300)
+    out = export_chaos(plan, "hang: dst does not answer query-status", _fake_attempt_dir(tmp_path, boot),
+                       tmp_path / "repro.py", base=base, guest_note=LINUX_NOTE)
+    text = out.read_text()
+    assert "'transport': 'file'" in text and "'live': False" in text and "'file_offset': 32" in text
+    assert "FILELOAD_SOURCE" in text and "dst:active+0ms dst freeze" in text
+    assert "Guest:     boot sector (seen with the Linux guest;" in text
+    assert "'hold': {'max-bandwidth': 1000000000" in text      # the save must end for the load to begin
