@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 
 import harness.runtime.actions as actions_mod
+import harness.runtime.colo as colo_mod
 import harness.runtime.fileload as fileload_mod
 import harness.runtime.standalone as standalone_mod
 from harness.report import repro_contract
@@ -62,6 +63,9 @@ def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, 
     src_text = (attempt_dir / "source" / "cmdline.txt").read_text()
     marker, boot = _guest_image(src_text)
     subst = {str(boot): marker, str(attempt_dir / "shared" / "disk0.qcow2"): "@DISK@"}
+    colo_dir = re.search(r"(/[^\s,=]*?qmh-colo-[^/,\s]+)", src_text)
+    if colo_dir is not None:      # the COLO-FT disks: made again by the script
+        subst[colo_dir.group(1)] = "@COLO@"
     tls_files = {}
     tls_dir = attempt_dir / "tls"
     if tls_dir.is_dir():
@@ -88,12 +92,14 @@ def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, 
         "base": plan.base,
         "src_binary": src_bin, "dst_binary": dst_bin,
         "src_args": src_args, "dst_args": dst_args,
-        "transport": base.transport.value,
+        "transport": "colo" if base.colo else base.transport.value,
         "caps": [list(c) for c in base.caps],
-        "src_params": {**dict(base.src_params), **({"tls-creds": "tlscreds0"} if tls else {})},
+        "src_params": {**dict(base.src_params), **({"tls-creds": "tlscreds0"} if tls else {}),
+                       **({"x-checkpoint-delay": base.checkpoint_delay_ms} if base.colo else {})},
         "dst_params": {**dict(base.dst_params), **({"tls-creds": "tlscreds0"} if tls else {})},
         # a file base's save must end for its load to begin: it runs converging
-        "hold": dict(oracles.SETTLE_PARAMS) if base.file else {"max-bandwidth": 3_000_000, "downtime-limit": 1},
+        "hold": dict(oracles.SETTLE_PARAMS) if base.file or base.colo else {"max-bandwidth": 3_000_000,
+                                                                             "downtime-limit": 1},
         "live": base.live,
         "file_offset": base.file_offset,
         "settle": oracles.SETTLE_PARAMS,
@@ -170,6 +176,7 @@ if __name__ == "__main__":
     contract = _install("qmh_repro_contract", CONTRACT_SOURCE)
     _install("harness.runtime.actions", ACTIONS_SOURCE)
     _install("harness.runtime.fileload", FILELOAD_SOURCE)
+    _install("harness.runtime.colo", COLO_SOURCE)
     standalone = _install("harness.runtime.standalone", STANDALONE_SOURCE)
     if CONFIG["tls_files"]:
         tls = _tls_dir(CONFIG["tls_files"])
@@ -188,6 +195,7 @@ def _script(config: dict, signature: str, hit_rate: str, versions: str, guest_no
     sources = (f"CONTRACT_SOURCE = {repro_contract.EMBED!r}\n\n"
                f"ACTIONS_SOURCE = {Path(actions_mod.__file__).read_text()!r}\n\n"
                f"FILELOAD_SOURCE = {Path(fileload_mod.__file__).read_text()!r}\n\n"
+               f"COLO_SOURCE = {Path(colo_mod.__file__).read_text()!r}\n\n"
                f"STANDALONE_SOURCE = {Path(standalone_mod.__file__).read_text()!r}\n")
     return head + "\n" + body + sources + LOADER
 

@@ -54,6 +54,7 @@ class DrawContext:
     multifd: bool = False
     snapshots: bool = False    # the pair has a writable qcow2 disk
     hotplug: bool = False      # the pair has a free hotplug port
+    colo: bool = False         # a COLO pair (primary = src, secondary = dst)
     only: tuple = ()           # draw only these kinds (weight-0 ones too), e.g. ("freeze",)
 
 
@@ -87,6 +88,10 @@ class Action:
 
     def enabled(self, dc: DrawContext) -> bool:
         return True
+
+    def weight_in(self, dc: DrawContext) -> int:
+        """The draw's weight on this base (default: the class's)."""
+        return self.weight
 
     def draw(self, rng, dc: DrawContext) -> tuple:
         return ()
@@ -180,7 +185,33 @@ class Yank(Simple):
 
 
 class ColoLostHeartbeat(Simple):
+    """Failover: drawn on every base (elsewhere it must be refused), often on COLO ones."""
+
     kind, command = "colo-lost-heartbeat", "x-colo-lost-heartbeat"
+
+    def weight_in(self, dc):
+        return 4 if dc.colo else self.weight
+
+
+class ColoTeardown(Action):
+    """The failover's documented teardown of one side (docs/COLO-FT.txt): the primary
+    drops its replication child and its proxy objects, the secondary its NBD server
+    and redirectors. Each command is sent whatever the previous one said."""
+
+    kind, weight = "colo-teardown", 2
+    PRIMARY = (("x-blockdev-change", {"parent": "colo-disk0", "child": "children.1"}),
+               ("human-monitor-command", {"command-line": "drive_del replication0"}),
+               *(("object-del", {"id": o}) for o in ("comp0", "iothread1", "m0", "redire0", "redire1")))
+    SECONDARY = (("nbd-server-stop", None), ("object-del", {"id": "f2"}), ("object-del", {"id": "f1"}),
+                 ("chardev-remove", {"id": "red1"}), ("chardev-remove", {"id": "red0"}))
+
+    def enabled(self, dc):
+        return dc.colo
+
+    def apply(self, env, side, args):
+        outcomes = [_qmp(env, side, cmd, a) for cmd, a in (self.PRIMARY if side == "src" else self.SECONDARY)]
+        bad = [w for c, w in outcomes if c != "ok"]
+        return (outcomes[0][0] if bad else "ok"), (bad[0] if bad else f"{len(outcomes)} commands: ok")
 
 
 class Recover(Action):
@@ -467,7 +498,7 @@ class LinkCut(Action):
 
 
 ALL: tuple = (SetCapability(), SetParameter(), StartPostcopy(), Pause(), Cancel(), ContinueSwitchover(),
-              ColoLostHeartbeat(), Yank(), Recover(), IncomingAgain(), MigrateAgain(), SnapshotSave(),
+              ColoLostHeartbeat(), ColoTeardown(), Yank(), Recover(), IncomingAgain(), MigrateAgain(), SnapshotSave(),
               SnapshotLoad(), SnapshotDelete(), Hmp(), BlockActivate(), Stop(), Cont(), Reset(),
               Quit(), Signal(), Freeze(), KillPeer(), DeviceHotplug(), QueryFlood(), StrayConnection(),
               LinkCut())

@@ -9,7 +9,10 @@ caps and params, the steps and what counts as a hit; @BOOT@ is the boot sector,
 @ROM@ its paced firmware form (whichever the attempt booted). A file base
 (transport "file") saves to a file in the destination's run dir (the source
 stopped first unless "live") and loads it into the destination as soon as the
-save completed (harness.runtime.fileload, embedded too).
+save completed (harness.runtime.fileload, embedded too). A COLO base
+(transport "colo") makes the COLO-FT disks under @COLO@, sets up NBD and the
+replication child (harness.runtime.colo, embedded too) and treats 'colo' as a
+resting state.
 
 Exit status follows `git bisect run`: 0 the violation did not show in the
 attempts, 1 it showed, 125 QEMU could not start or nothing could be decided.
@@ -31,6 +34,7 @@ import time
 import zlib
 
 from harness.runtime import actions as act
+from harness.runtime import colo
 from harness.runtime.fileload import FileLoad, file_uri
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -117,7 +121,7 @@ class Vm:
             argv.append(a)
         listeners = {}
         for a in argv:
-            m = re.match(r"socket,id=([^,]+),path=([^,]+)$", a)
+            m = re.match(r"socket,id=((?:qmp|serial)\d*),path=([^,]+)$", a)   # ours, not COLO's
             if m:
                 s = socket.socket(socket.AF_UNIX)
                 s.bind(m.group(2))
@@ -383,11 +387,12 @@ def observe(cfg, env, vms, loader=None):
     except act.Gone:
         pass
     end, status, recovered = time.monotonic() + 40, None, False
+    is_colo = cfg["transport"] == "colo"
     while time.monotonic() < end:
         if not dst.alive() and env.relay:
             env.relay.cut()
         status = src.status()
-        if status in TERMINAL or status is None or status == "no-reply":
+        if status in TERMINAL or status is None or status == "no-reply" or (is_colo and status == colo.RESTING):
             break
         if status == "pre-switchover":
             try:
@@ -408,6 +413,8 @@ def observe(cfg, env, vms, loader=None):
                 return f"hang: {name} does not answer query-status"
             except act.Gone:
                 pass
+    if is_colo:
+        return observe_colo(env, vms, status)
     if "src" in env.killed:
         return "clean"
     if status is not None and status not in TERMINAL:
@@ -429,18 +436,50 @@ def observe(cfg, env, vms, loader=None):
     return "clean"
 
 
+def observe_colo(env, vms, status):
+    """harness.stress.colo_base.judge's phrases: 'colo' rests; a side that failed over
+    keeps running its guest; a primary never in 'colo' must not end 'completed'."""
+    history = [s for s in src_seq(vms) if s and s.islower()]
+    if status is not None and status not in TERMINAL and status != colo.RESTING and "src" not in env.killed:
+        return f"hang: migration stuck in '{status}'"
+    if status == "completed" and colo.RESTING not in history and "cancelling" not in history \
+            and "src" not in env.killed:
+        return "inconsistent: COLO primary completed without entering 'colo'"
+    for side in ("src", "dst"):
+        vm = vms[side]
+        if side in env.killed or not vm.alive() or not any(n == "COLO_EXIT" for _, n, _ in list(vm.mon.events)):
+            continue
+        try:
+            if vm.mon.cmd("query-status", timeout=5).get("return", {}).get("status") != "running":
+                vm.mon.cmd("cont", timeout=5)
+        except (act.NoReply, act.Gone):
+            continue
+        if not vm.wait_b(len(vm.serial), 15):
+            return f"lost-vm: {side} failed over and lost its guest"
+    return "clean"
+
+
 def attempt(cfg, subst, perturb, bins):
-    vms, relay, env, loader = {}, None, None, None
+    vms, relay, env, loader, colo_dir = {}, None, None, None, None
     try:
+        if cfg["transport"] == "colo":   # the COLO-FT disks, under the recorded @COLO@ dir
+            colo_dir = tempfile.mkdtemp(prefix="repro-colo-")
+            colo.make_images(colo_dir, cfg.get("qemu_img", "qemu-img"))
+            subst = dict(subst, **{"@COLO@": colo_dir})
         vms["src"] = Vm("src", bins["src"], cfg["src_args"], subst, perturb)
         vms["dst"] = Vm("dst", bins["dst"], cfg["dst_args"], subst, perturb)
         src, dst = vms["src"], vms["dst"]
         if not src.wait_b(0, 30):
             raise SetupError("the source guest never ran")
         try:
-            for side in ("src", "dst"):
+            if colo_dir is not None:
+                setup_env = Env(vms, None, None, None)
+                colo.setup(setup_env, os.path.join(colo_dir, colo.NBD_SOCK))
+                colo.caps(setup_env, {k: v for k, v in cfg["caps"] if k != "events"})
+            for side in ("src", "dst") if colo_dir is None else ():
                 vms[side].mon.cmd("migrate-set-capabilities", {"capabilities": [
                     {"capability": k, "state": v} for k, v in cfg["caps"]]})
+            for side in ("src", "dst"):
                 params = cfg[f"{side}_params"]
                 if params:
                     vms[side].mon.cmd("migrate-set-parameters", params)
@@ -461,7 +500,7 @@ def attempt(cfg, subst, perturb, bins):
             if not cfg.get("live", True):
                 src.mon.cmd("stop")
             src.mon.cmd("migrate", {"uri": env.migrate_uri()})
-        except (act.NoReply, act.Gone, KeyError) as exc:
+        except (act.NoReply, act.Gone, KeyError, colo.ColoSetupError) as exc:
             raise SetupError(f"migration setup failed: {exc!r}") from None
         run_steps(cfg, env, vms, loader)
         env.release()
@@ -472,6 +511,8 @@ def attempt(cfg, subst, perturb, bins):
         if relay:
             relay.close()
         exits = {side: vm.end() for side, vm in vms.items()}
+        if colo_dir is not None:
+            shutil.rmtree(colo_dir, ignore_errors=True)
     return seen, exits
 
 

@@ -26,14 +26,15 @@ from harness.migration.scenario import Flow, Result, Scenario
 from harness.migration.transports import Transport
 from harness.qemu.spec import SpecError
 
-CHAOS_FLOWS = frozenset({Flow.PRECOPY, Flow.POSTCOPY, Flow.POSTCOPY_RECOVERY, Flow.CANCEL, Flow.FILE})
+CHAOS_FLOWS = frozenset({Flow.PRECOPY, Flow.POSTCOPY, Flow.POSTCOPY_RECOVERY, Flow.CANCEL, Flow.FILE,
+                         Flow.COLO})
 CHAOS_TRANSPORTS = frozenset({Transport.TCP, Transport.UNIX, Transport.FILE})
 # Setup parameters that only shape a scenario's own checks; chaos sets bandwidth itself.
 SHAPING = frozenset({"max-bandwidth", "downtime-limit", "max-postcopy-bandwidth",
                      "avail-switchover-bandwidth"})
 # Relative cost (an attempt's wall time): the draw favours cheap bases.
 COST = {Flow.PRECOPY: 1.0, Flow.CANCEL: 1.0, Flow.POSTCOPY: 1.5, Flow.POSTCOPY_RECOVERY: 1.5,
-        Flow.FILE: 1.5}
+        Flow.FILE: 1.5, Flow.COLO: 4.0}
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ChaosBase:
     cost: float = 1.0
     live: bool = True      # False: the source is stopped before `migrate` (file bases)
     file_offset: int | None = None   # file bases: file:PATH,offset=N
+    colo: bool = False     # a COLO pair (harness.stress.colo_base)
+    checkpoint_delay_ms: int = 0     # COLO bases: x-checkpoint-delay
 
     @property
     def file(self) -> bool:
@@ -63,7 +66,11 @@ class ChaosBase:
 
 
 def ineligible(s: Scenario) -> str | None:
-    """Why scenario s cannot be a chaos base, or None."""
+    """Why scenario s cannot be a chaos base, or None. COLO scenarios are bases whose
+    binaries pass the COLO probe (requirement_check), whatever their known bug."""
+    if s.flow is Flow.COLO:
+        return None if s.transport is Transport.TCP and s.expect.result is Result.COMPLETED \
+            else "colo: only the plain COLO setup over tcp is run under chaos"
     reason = chaos_eligible(s)
     if reason:
         return reason
@@ -100,7 +107,9 @@ def from_scenario(s: Scenario) -> ChaosBase:
                      src_params=tuple((k, v) for k, v in d.src_params.items() if k not in SHAPING),
                      dst_params=tuple((k, v) for k, v in d.dst_params.items() if k not in SHAPING),
                      tls=d.tls, cost=COST.get(s.flow, 1.0), live=s.live,
-                     file_offset=s.options.offset if s.flow is Flow.FILE else None)
+                     file_offset=s.options.offset if s.flow is Flow.FILE else None,
+                     colo=s.flow is Flow.COLO,
+                     checkpoint_delay_ms=s.options.checkpoint_delay_ms if s.flow is Flow.COLO else 0)
 
 
 # --families also takes these names, which cut across the catalog's family modules.
@@ -119,7 +128,7 @@ PLAIN = ChaosBase(path="/migration/chaos/precopy/tcp", transport=Transport.TCP,
 
 
 def eligible(families: tuple[str, ...] | None = None, paths: tuple[str, ...] | None = None,
-             check=None) -> list[ChaosBase]:
+             check=None, version: tuple[int, int, int] | None = None) -> list[ChaosBase]:
     """Bases from the catalog, narrowed by family or exact path. check(scenario) ->
     reason|None filters by what the binaries support (requirements)."""
     known = catalog.by_path()
@@ -137,7 +146,7 @@ def eligible(families: tuple[str, ...] | None = None, paths: tuple[str, ...] | N
                if in_families(s, families) and ineligible(s) is None
                and (check is None or check(s) is None)]
         if not out:
-            why = "; ".join(f"{f}: {r}" for f, r in skipped(families, check).items())
+            why = "; ".join(f"{f}: {r}" for f, r in skipped(families, check, version).items())
             raise SpecError(f"no catalog scenario of {', '.join(families or ['any family'])} "
                             f"can run under chaos on these binaries ({why or 'none eligible'})")
     return out
@@ -161,13 +170,19 @@ def requirement_check(src_binary: str, dst_binary: str, accel: str):
               src_version=src.version_tuple, dst_version=dst.version_tuple)
 
     def check(s: Scenario) -> str | None:
-        return next(filter(None, (r.check(env) for r in s.requires)), None)
+        unmet = next(filter(None, (r.check(env) for r in s.requires)), None)
+        if unmet is None and s.flow is Flow.COLO:
+            from harness.stress import colo_base
+            unmet = colo_base.probe(src.path, dst.path, accel)   # cached per binary
+        return unmet
     return check
 
 
-def skipped(families: tuple[str, ...] | None = None, check=None) -> dict[str, str]:
+def skipped(families: tuple[str, ...] | None = None, check=None,
+            version: tuple[int, int, int] | None = None) -> dict[str, str]:
     """family -> why none of its scenarios is a chaos base here (for the families asked
-    for, or every family), one line each: what `harness chaos` prints once per run."""
+    for, or every family), one line each: what `harness chaos` prints once per run.
+    version: the source binary's; a known bug of the scenarios that affects it is named."""
     out: dict[str, str] = {}
     by_family: dict[str, list[Scenario]] = {}
     for s in catalog.by_path().values():
@@ -180,6 +195,10 @@ def skipped(families: tuple[str, ...] | None = None, check=None) -> dict[str, st
             why = ineligible(s) or (check(s) if check is not None else None)
             if why is None:
                 break
+            bug = s.known_bug
+            if version is not None and bug is not None and bug.affects(version):
+                why += (f"; and QEMU {'.'.join(map(str, version))} has the known bug '{bug.summary}' "
+                        f"({bug.url})")
             reasons.append(why)
         else:
             common = max(set(reasons), key=reasons.count)

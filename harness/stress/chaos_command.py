@@ -119,8 +119,9 @@ def _main(args) -> int:
         mt = common_machine_type(probe(src_bin), probe(dst_bin)) or "q35"
     families = tuple(f for f in args.families.split(",") if f)
     check = bases_mod.requirement_check(src_bin, dst_bin, accel)
-    bases = bases_mod.eligible(families or None, tuple(args.scenario) or None, check=check)
-    for family, why in bases_mod.skipped(families or None, check).items():
+    version = probe(src_bin).version_tuple
+    bases = bases_mod.eligible(families or None, tuple(args.scenario) or None, check=check, version=version)
+    for family, why in bases_mod.skipped(families or None, check, version).items():
         print(f"chaos: family {family} has no base here: {why}", file=sys.stderr, flush=True)
     linux = args.linux_guest == "auto" and guests_mod.linux_missing() is None
     root = Path(args.artifacts).resolve() / time.strftime("%Y%m%d-%H%M%S")

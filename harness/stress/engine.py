@@ -74,7 +74,8 @@ class ChaosRecipe:
 
     def draw_context(self, base) -> act.DrawContext:
         return act.DrawContext(surface=self.surface, postcopy=base.postcopy, tls=base.tls is not None,
-                               multifd=base.multifd, snapshots=True, hotplug=True, only=self.kinds)
+                               multifd=base.multifd, snapshots=not base.colo, hotplug=not base.colo,
+                               colo=base.colo, only=self.kinds)
 
     def draw(self, rng: random.Random) -> ChaosPlan:
         _, corpus = self._state()
@@ -299,10 +300,12 @@ class Prepared:
 
 
 def prepare_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: list | None = None,
-                    dst_binary: str | None = None, paced_guest: bool = True) -> Prepared:
+                    dst_binary: str | None = None, paced_guest: bool = True) -> Prepared | None:
     """Lay out the disk and TLS files and spawn the pair (source paused: its guest
     starts when the attempt begins, whether the pair was spawned ahead or not)."""
     base = base_of(plan, bases)
+    if base.colo:       # colo_base.attempt lays out its own pair
+        return None
     # Inventory hosts: a disk per side on its own host, TLS staged (harness.stress.remote,
     # imported here: it builds on HarnessEnv).
     from harness.stress import remote
@@ -330,6 +333,9 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
     sector under SeaBIOS (the highest dirty rate).
     prepared: the pair prepare_attempt() spawned ahead for this run and plan."""
     base = base_of(plan, bases)
+    if base.colo:       # its own setup, settling and judging (harness.stress.colo_base)
+        from harness.stress import colo_base
+        return colo_base.attempt(run, base_spec, plan, base, dst_binary)
     applied: list = []
     coverage: list = []
     st = env = phases = loader = None

@@ -17,7 +17,7 @@ from harness.runtime.actions import BY_KIND, SIDES, DrawContext
 GUESTS = ("bootblock", "linux")    # harness.stress.guests
 MAX_SPAN_MS = 60_000
 TRIGGER_STATUSES = ("setup", "active", "device", "pre-switchover", "postcopy-active",
-                    "postcopy-paused", "postcopy-recover", "cancelling", "completed", "failed")
+                    "postcopy-paused", "postcopy-recover", "cancelling", "completed", "failed", "colo")
 TRIGGER_EVENTS = ("STOP", "RESUME")
 CLUSTER = 0.35      # races need near-simultaneous events: often reuse an earlier moment
 TRIGGERED = 0.4     # share of steps fired by a phase rather than the clock
@@ -153,10 +153,10 @@ def draw_step(rng: random.Random, dc: DrawContext, span_ms: int, earlier: list) 
     if dc.only:
         actions = [a for a in BY_KIND.values() if a.kind in dc.only and a.enabled(dc)]
     else:
-        actions = [a for a in BY_KIND.values() if a.weight > 0 and a.enabled(dc)]
+        actions = [a for a in BY_KIND.values() if a.weight_in(dc) > 0 and a.enabled(dc)]
     if not actions:
         raise PlanError(f"no action of {', '.join(dc.only) or 'any kind'} can run on this base and binary")
-    action = rng.choices(actions, [max(a.weight, 1) for a in actions])[0]
+    action = rng.choices(actions, [max(a.weight_in(dc), 1) for a in actions])[0]
     if earlier and rng.random() < CLUSTER:
         prev = rng.choice(earlier)
         side, on, at = prev.side, prev.on, min(span_ms, prev.at_ms + rng.randint(0, 5))
@@ -166,7 +166,8 @@ def draw_step(rng: random.Random, dc: DrawContext, span_ms: int, earlier: list) 
         side = rng.choice(action.sides)
         on, at = None, rng.randint(0, span_ms)
         if rng.random() < TRIGGERED:
-            statuses = [s for s in TRIGGER_STATUSES if dc.postcopy or not s.startswith("postcopy")]
+            statuses = [s for s in TRIGGER_STATUSES if (dc.postcopy or not s.startswith("postcopy"))
+                        and (dc.colo or s != "colo")]
             on = f"{rng.choice(SIDES)}:{rng.choice(statuses + list(TRIGGER_EVENTS))}"
             at = min(span_ms, int(rng.random() ** 3 * 200))   # mostly right at the phase
     return Step(action.kind, side, at, tuple(action.draw(rng, dc)), on)

@@ -254,14 +254,37 @@ def test_file_and_mapped_ram_scenarios_are_bases():
     assert not any(b.file for b in bases.eligible(("tls",)))
 
 
-def test_a_family_without_bases_says_why_once(capsys):
+def test_colo_is_a_base_where_the_probe_passes_and_says_why_once_where_not():
+    """COLO eligibility is the binaries' (a probe: the pair must enter 'colo'), not a version's."""
+    from harness.migration.scenario import Flow
     from harness.qemu.spec import SpecError
     from harness.stress import bases
-    why = bases.skipped(("colo", "precopy"))
-    assert set(why) == {"colo"} and "flows/colo.py" in why["colo"], why
-    with pytest.raises(SpecError, match=r"no catalog scenario of colo can run under chaos .*colo: colo: the "
-                                        r"primary/secondary disks"):
-        bases.eligible(("colo",))
+    colo = bases.eligible(("colo",))                 # no check: every COLO scenario is a candidate
+    assert colo and all(b.colo and b.checkpoint_delay_ms > 0 for b in colo)
+    never = "a COLO pair of these binaries never enters 'colo' (primary: setup -> active -> device -> completed)"
+
+    def check(s):
+        return never if s.flow is Flow.COLO else None
+    why = bases.skipped(("colo", "precopy"), check, version=(10, 0, 2))
+    assert set(why) == {"colo"} and why["colo"].startswith(never), why
+    assert "QEMU 10.0.2 has the known bug 'COLO: the primary's migration ends 'completed'" in why["colo"]
+    assert "known bug" not in bases.skipped(("colo",), check, version=(11, 1, 3))["colo"]
+    with pytest.raises(SpecError, match=r"no catalog scenario of colo can run under chaos on these binaries "
+                                        r"\(colo: a COLO pair of these binaries never enters 'colo'"):
+        bases.eligible(("colo",), check=check)
+
+
+def test_colo_plans_draw_failover_actions_and_the_colo_trigger(surface):
+    plain = DrawContext(surface=surface, snapshots=True, hotplug=True)
+    import dataclasses      # the sample schema is the migration subset: add the COLO command
+    colo = DrawContext(surface=dataclasses.replace(surface, commands=surface.commands | {"x-colo-lost-heartbeat"}),
+                       colo=True)
+    kinds = {s.kind for s in generate(random.Random(5), colo, 400, 500)}
+    assert {"colo-lost-heartbeat", "colo-teardown"} <= kinds
+    assert not {"snapshot-save", "device"} & kinds
+    assert "colo-teardown" not in {s.kind for s in generate(random.Random(5), plain, 400, 500)}
+    assert any(s.on and s.on.endswith(":colo") for s in generate(random.Random(6), colo, 400, 500))
+    assert not any(s.on and s.on.endswith(":colo") for s in generate(random.Random(6), plain, 400, 500))
 
 
 def test_plans_record_their_guest_and_linux_is_drawn_now_and_then():
