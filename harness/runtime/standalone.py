@@ -276,6 +276,7 @@ class Env:
     def __init__(self, vms, relay, main, migrate_uri):
         self.vms, self.relay, self.main, self.uri = vms, relay, main, migrate_uri
         self.recover, self.held, self.killed = None, [], set()
+        self.failover_requested = set()      # sides whose x-colo-lost-heartbeat was accepted
 
     def qmp(self, side, command, args, timeout, oob):
         if not self.vms[side].alive():
@@ -368,6 +369,8 @@ def run_steps(cfg, env, vms, loader=None):
             if action.needs_alive and not env.alive(s["side"]):
                 continue
             outcome, _ = action.apply(env, s["side"], tuple(s["args"]))
+            if s["kind"] == "colo-lost-heartbeat" and outcome == "ok":
+                env.failover_requested.add(s["side"])
             if loader is not None:
                 loader.step_applied(s["side"], s["kind"], s["args"], outcome)
             continue
@@ -392,7 +395,8 @@ def observe(cfg, env, vms, loader=None):
         if not dst.alive() and env.relay:
             env.relay.cut()
         status = src.status()
-        if status in TERMINAL or status is None or status == "no-reply" or (is_colo and status == colo.RESTING):
+        if status in TERMINAL or status is None or status == "no-reply" or (
+                is_colo and status == colo.RESTING and not _failed_over(src)):
             break
         if status == "pre-switchover":
             try:
@@ -436,6 +440,10 @@ def observe(cfg, env, vms, loader=None):
     return "clean"
 
 
+def _failed_over(vm):
+    return any(n == "COLO_EXIT" for _, n, _ in list(vm.mon.events))
+
+
 def observe_colo(env, vms, status):
     """harness.stress.colo_base.judge's phrases: 'colo' rests; a side that failed over
     keeps running its guest; a primary never in 'colo' must not end 'completed'."""
@@ -447,10 +455,18 @@ def observe_colo(env, vms, status):
         return "inconsistent: COLO primary completed without entering 'colo'"
     for side in ("src", "dst"):
         vm = vms[side]
-        if side in env.killed or not vm.alive() or not any(n == "COLO_EXIT" for _, n, _ in list(vm.mon.events)):
+        if side in env.killed or side not in env.failover_requested or not vm.alive() or not _failed_over(vm):
             continue
         try:
-            if vm.mon.cmd("query-status", timeout=5).get("return", {}).get("status") != "running":
+            end, state = time.monotonic() + 15, "?"
+            while time.monotonic() < end and vm.alive():     # the failover finishes first
+                state = vm.mon.cmd("query-status", timeout=5).get("return", {}).get("status", "?")
+                if state in ("running", "paused"):
+                    break
+                time.sleep(0.05)
+            if state not in ("running", "paused"):
+                return f"lost-vm: {side} failed over and lost its guest"
+            if state == "paused":
                 vm.mon.cmd("cont", timeout=5)
         except (act.NoReply, act.Gone):
             continue

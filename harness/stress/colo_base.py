@@ -14,8 +14,10 @@ failover teardown are drawn often here), then settles and judges:
 - 'colo' is a resting state (COLO waits for a failover request after an error);
 - crash, hang (a side that does not answer, a migration stuck out of 'colo' and
   the terminal states), the state machine and stderr, as for every base;
-- a side that failed over (COLO_EXIT) must keep running its guest, and its
-  memory must keep the boot sector's page rule;
+- a side the plan asked to fail over (x-colo-lost-heartbeat accepted) that left
+  COLO (COLO_EXIT) must run its guest within RESUME_S, and its memory must keep
+  the boot sector's page rule (its peer leaves COLO too, but must not resume on
+  its own: that would be split brain);
 - a primary that ends 'completed' without ever entering 'colo' (and without a
   cancel) is a violation: COLO silently not protecting the guest.
 """
@@ -41,16 +43,23 @@ from harness.stress.oracles import PairState, Verdict, VerdictKind
 from harness.stress.plans import ChaosPlan
 
 SETTLE_S = 40.0
+RESUME_S = 15.0     # a side that failed over runs its guest again by then
 PROBE_S = 30.0
 PROBE_VERSION = 1
 
 
+def _failed_over(m) -> bool:
+    return m.qmp is not None and any(e.name == "COLO_EXIT" for e in m.qmp.events.events)
+
+
 def settle(st: PairState, deadline: float) -> str | None:
-    """The primary's status once it rests ('colo' or terminal); as oracles.settle's."""
+    """The primary's status once it rests ('colo' before any failover, or terminal); as
+    oracles.settle's. After a COLO_EXIT the primary is still finishing its failover."""
     result = None
     while time.monotonic() < deadline:
         result = oracles.status(st.pair.src)
-        if result is None or result == oracles.NO_REPLY or result in oracles.TERMINAL or result == colo_rt.RESTING:
+        if result is None or result == oracles.NO_REPLY or result in oracles.TERMINAL or (
+                result == colo_rt.RESTING and not _failed_over(st.pair.src)):
             return result
         if result == "pre-switchover":
             st.pair.src.qmp.try_cmd("migrate-continue", {"state": "pre-switchover"})
@@ -58,7 +67,15 @@ def settle(st: PairState, deadline: float) -> str | None:
     return result
 
 
-def judge(st: PairState, settled: str | None, src_history: list[str]) -> Verdict | None:
+def requested(plan: ChaosPlan, applied: list) -> set[str]:
+    """Sides where the plan's x-colo-lost-heartbeat was accepted: they must resume."""
+    results = dict(applied)
+    return {s.side for s in plan.steps
+            if s.kind == "colo-lost-heartbeat" and results.get(s.describe(), "").startswith("ok")}
+
+
+def judge(st: PairState, settled: str | None, src_history: list[str], asked: set[str]) -> Verdict | None:
+    """asked: the sides a failover was requested on (requested())."""
     v = oracles._answers(st, settled)
     if v is not None:
         return v
@@ -76,9 +93,9 @@ def judge(st: PairState, settled: str | None, src_history: list[str]) -> Verdict
         m = st.machine(side)
         if side in st.killed or not m.is_running() or m.qmp is None:
             continue
-        if not any(e.name == "COLO_EXIT" for e in m.qmp.events.events):
-            continue
-        problem = oracles.guest_alive(m)
+        if side not in asked or not _failed_over(m):
+            continue    # the peer of a failover exits COLO too, but must not resume on its own
+        problem = _resumed(m, time.monotonic() + RESUME_S) or oracles.guest_alive(m)
         if problem:
             return Verdict(VerdictKind.LOST_VM, f"lost-vm: {side} failed over and lost its guest", problem)
         if side not in st.reset and not st.reset:
@@ -87,6 +104,19 @@ def judge(st: PairState, settled: str | None, src_history: list[str]) -> Verdict
             except integrity.IntegrityError as exc:
                 return Verdict(VerdictKind.LOST_VM, f"lost-vm: {side} memory corrupt after failover", str(exc))
     return None
+
+
+def _resumed(m, deadline: float) -> str | None:
+    """None once m's run state leaves the failover's transient ones (paused is left to
+    guest_alive's `cont`); else the state it stayed in."""
+    state = "?"
+    while time.monotonic() < deadline:
+        r = m.qmp.try_cmd("query-status", timeout=oracles.STATUS_TIMEOUT)
+        state = r.get("status", "?") if "error" not in r else "?"
+        if state in ("running", "paused") or not m.is_running():
+            return None
+        time.sleep(0.05)
+    return f"{m.name} failed over but stayed '{state}' for {RESUME_S:.0f}s"
 
 
 class Layout:
@@ -208,7 +238,7 @@ def attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, base, dst_bin
         settled = settle(st, time.monotonic() + SETTLE_S)
         phases.poll()
         marks.append(("settled", time.monotonic()))
-        verdict = judge(st, settled, list(phases.history["src"]))
+        verdict = judge(st, settled, list(phases.history["src"]), requested(plan, applied))
         marks.append(("judged", time.monotonic()))
     except MachineFailure as exc:
         if exc.outcome.kind.name == "HANG":

@@ -190,3 +190,47 @@ def test_linux_guest_plan_is_judged_by_the_in_guest_verifier(base_spec, tmp_path
     serial = (tmp_path / "l" / "destination" / "serial.log").read_bytes()
     assert b"VERIFY pages=" in serial and b" bad=0" in serial
     assert json.loads((tmp_path / "l" / "plan.json").read_text())["guest"] == "linux"
+
+
+# ---------------------------------------------------------------- COLO bases
+COLO_QEMU = "/opt/qemu-versions/11.1.3/qemu-system-x86_64"
+
+
+@pytest.fixture
+def colo_spec(base_spec):
+    """A binary COLO works on (the probe: a pair must enter 'colo'), or skip."""
+    import os
+    from harness.stress import colo_base
+    if not os.access(COLO_QEMU, os.X_OK):
+        pytest.skip(f"{COLO_QEMU} not installed (ci/qemu-versions)")
+    why = colo_base.probe(COLO_QEMU, COLO_QEMU, base_spec.accel)
+    if why:
+        pytest.skip(f"COLO on {COLO_QEMU}: {why}")
+    return base_spec.with_(binary=COLO_QEMU)
+
+
+def test_colo_base_fails_over_and_the_survivor_keeps_its_guest(colo_spec, tmp_path):
+    plan = ChaosPlan(9, "/migration/colo/plain/primary_failover", (), 1500).with_actions([
+        Step("query-flood", "dst", 0, ("query-migrate", 4, False), on="src:colo"),
+        Step("colo-lost-heartbeat", "src", 600, (), on="src:colo"),
+        Step("colo-teardown", "src", 900, (), on="src:colo")])
+    v = chaos_attempt(TestRun(tmp_path / "c"), colo_spec, plan)
+    assert v.kind is VerdictKind.CLEAN, (v.signature, v.detail, v.applied)
+    results = dict(v.applied)
+    assert results["src:colo+600ms src colo-lost-heartbeat"].startswith("ok"), results
+    assert results["src:colo+900ms src colo-teardown"] == "ok: 7 commands: ok", results
+    assert any(t.startswith("src|") and t.endswith("->colo") for t in v.coverage), v.coverage
+
+
+def test_colo_plan_exports_a_reproducer_with_the_colo_setup(colo_spec, tmp_path):
+    """A primary frozen in COLO hangs; the exported script rebuilds the COLO-FT disks,
+    NBD and replication, enters COLO and hangs the same way on its own."""
+    from harness.stress.engine import base_of
+    plan = ChaosPlan(10, "/migration/colo/plain/secondary_failover", (), 800).with_actions([
+        Step("freeze", "src", 300, (), on="src:colo")])
+    v = chaos_attempt(TestRun(tmp_path / "first"), colo_spec, plan)
+    assert v.signature == "hang: src does not answer query-status", (v.signature, v.applied)
+    script = export_chaos(plan, v.signature, tmp_path / "first", tmp_path / "repro.py", base=base_of(plan))
+    assert "@COLO@" in script.read_text() and "qmh-colo-" not in script.read_text()
+    rc, last = run_script(script, attempts=1, seconds=60, qemu_src=COLO_QEMU, qemu_dst=COLO_QEMU)
+    assert rc == 1 and last == f"RESULT hits=1 attempts=1 signature={v.signature}", last
