@@ -103,7 +103,7 @@ def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, 
         "live": base.live,
         "file_offset": base.file_offset,
         "settle": oracles.SETTLE_PARAMS,
-        "span_ms": plan.span_ms,
+        "span_ms": plan.span_ms + (colo_mod.ENTRY_MS if base.colo else 0),   # as the engine's window
         "steps": [dict(s.to_dict(), text=s.describe()) for s in plan.steps],
         "match": match,
         "tls_files": tls_files,

@@ -29,6 +29,9 @@ PARENT = "secondary-parent.qcow2"
 DISK_SIZE = "64M"
 NBD_SOCK = "nbd.sock"
 RESTING = "colo"
+# The primary enters 'colo' ~0.5-1.5 s after `migrate`: a COLO plan's window is its span plus
+# this, so that steps triggered by 'colo' (and the failover after it) get to fire.
+ENTRY_MS = 2000
 
 
 class ColoSetupError(Exception):

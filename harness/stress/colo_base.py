@@ -23,6 +23,7 @@ failover teardown are drawn often here), then settles and judges:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -232,7 +233,8 @@ def attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, base, dst_bin
         phases = Phases(st)
         st.pair.src.cmd("migrate", {"uri": proxy.uri})
         marks.append(("migrating", time.monotonic()))
-        _run_steps(plan, env, st, phases, applied, coverage)
+        _run_steps(dataclasses.replace(plan, span_ms=plan.span_ms + colo_rt.ENTRY_MS), env, st, phases,
+                   applied, coverage)
         marks.append(("plan done", time.monotonic()))
         env.release()
         settled = settle(st, time.monotonic() + SETTLE_S)

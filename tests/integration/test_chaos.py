@@ -227,7 +227,7 @@ def test_colo_plan_exports_a_reproducer_with_the_colo_setup(colo_spec, tmp_path)
     NBD and replication, enters COLO and hangs the same way on its own."""
     from harness.stress.engine import base_of
     plan = ChaosPlan(10, "/migration/colo/plain/secondary_failover", (), 800).with_actions([
-        Step("freeze", "src", 300, (), on="src:colo")])
+        Step("freeze", "src", 100, (), on="src:colo")])
     v = chaos_attempt(TestRun(tmp_path / "first"), colo_spec, plan)
     assert v.signature == "hang: src does not answer query-status", (v.signature, v.applied)
     script = export_chaos(plan, v.signature, tmp_path / "first", tmp_path / "repro.py", base=base_of(plan))

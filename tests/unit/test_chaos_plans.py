@@ -299,7 +299,8 @@ def test_plans_record_their_guest_and_linux_is_drawn_now_and_then():
     assert drawn == [guests.draw(seed, True) for seed in range(2000)]        # from the seed alone
     assert 50 < drawn.count("linux") < 160, drawn.count("linux")
     assert {guests.draw(seed, False) for seed in range(200)} == {"bootblock"}
-    assert guests.spec("linux")[0].kind.value == "linux" and guests.spec("bootblock")[1] >= 128
+    assert guests.spec("linux")[0].kind.value == "linux" and guests.spec("bootblock", paced=False)[1] >= 128
+    assert guests.spec("bootblock")[0].paced_rom and not guests.spec("bootblock", paced=False)[0].paced_rom
 
 
 class _FileEnv:
