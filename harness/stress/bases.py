@@ -2,11 +2,17 @@
 
 A base is a catalog scenario's migration setup (caps and params on both sides,
 transport, TLS credentials, multifd channels and compression, postcopy with or
-without preempt, file and mapped-ram) without the scenario's own checks: the
-chaos oracles judge instead. Scenarios whose flow cannot run under chaos
-(expected refusals or failures, RDMA, fd/exec transports, fdsets, hops, cpr,
-COLO) are not eligible, each with its reason (`harness chaos` prints the
-reasons of a family it was asked for once: see `skipped()`).
+without preempt, file and mapped-ram, COLO) without the scenario's own checks:
+the chaos oracles judge instead. Scenarios whose flow cannot run under chaos
+(expected refusals or failures, RDMA, fd/exec transports, fdsets, hops, cpr)
+are not eligible, each with its reason; `harness chaos` prints once, per
+family left without a base, why (`skipped()`).
+
+COLO bases (/migration/colo/...) are eligible where a probe of the binaries
+shows a COLO pair entering 'colo' (harness.stress.colo_base.probe, cached per
+binary; QEMU before 10.2 ends 'completed' instead and fails it); their attempt,
+settling and judging are colo_base's. The scenario's failover side/point are
+its own checks: under chaos, failovers are drawn as actions.
 
 File bases (flow file: /migration/precopy/file..., /migration/multifd/file/
 mapped-ram...) save to `file:PATH[,offset=N]` in the destination's run dir,
