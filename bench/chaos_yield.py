@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 
 def run(seconds: float, parallel: int, extra: list[str]) -> dict:
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="chaos-yield-") as art:
         cp = subprocess.run([sys.executable, "-m", "harness.cli", "chaos", "--seconds", str(seconds),
                              "-j", str(parallel), "--minimise-seconds", "0", "--verify-seconds", "0",
@@ -21,8 +23,10 @@ def run(seconds: float, parallel: int, extra: list[str]) -> dict:
             sys.exit(f"chaos-yield: harness chaos exited {cp.returncode}: {cp.stderr.strip()[-400:]}")
         found = json.loads(next(Path(art).glob("*/findings.json")).read_text())
         sigs = json.loads(next(Path(art).glob("*/triage.json")).read_text()).get("signatures", [])
+    # The machine's load around the run: another process's QEMUs halve these figures on 2 cores.
     return {"plans_per_s": found["plans_per_s"], "plans": found["plans"], "coverage": found["coverage"],
-            "signatures": [s["signature"] for s in sigs]}
+            "signatures": [s["signature"] for s in sigs], "hits": sum(s["count"] for s in sigs),
+            "load": (load_before, os.getloadavg()[0])}
 
 
 def main() -> None:
@@ -37,8 +41,9 @@ def main() -> None:
     many = run(a.seconds, a.parallel, extra)
     for j, r in ((1, one), (a.parallel, many)):
         print(f"-j {j}: {r['plans']} plans, {r['plans_per_s']:.2f} plans/s, coverage {r['coverage']['tuples']} "
-              f"tuples / {r['coverage']['transitions']} transitions, {len(r['signatures'])} signature(s): "
-              + "; ".join(r["signatures"][:5]))
+              f"tuples / {r['coverage']['transitions']} transitions, {r['hits']} hit(s) of "
+              f"{len(r['signatures'])} signature(s) (a hang costs its worker 10-40 s); load average "
+              f"{r['load'][0]:.1f} before, {r['load'][1]:.1f} after: " + "; ".join(r["signatures"][:5]))
     ratio = many["plans_per_s"] / one["plans_per_s"] if one["plans_per_s"] else float("nan")
     print(f"chaos-yield -j {a.parallel}: {many['plans_per_s']:.2f} plans/s, "
           f"{many['coverage']['tuples']} coverage tuples, {len(many['signatures'])} distinct signatures; "
