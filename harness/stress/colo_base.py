@@ -36,7 +36,7 @@ from harness.migration.flows.colo import ColoSetup, qemu_img_for
 from harness.migration.pair import make_pair
 from harness.qemu.binary import probe as probe_binary
 from harness.qemu.machine import MachineFailure
-from harness.qemu.spec import BOOTBLOCK_MIN_MIB, GuestKind, GuestSpec, MachineSpec
+from harness.qemu.spec import BOOTBLOCK_MIN_MIB, GuestKind, GuestSpec, MachineSpec, SpecError
 from harness.run import TestRun
 from harness.runtime import colo as colo_rt
 from harness.stress import oracles
@@ -221,6 +221,8 @@ def write_plan(run: TestRun, plan: ChaosPlan, applied: list, timing: dict) -> No
 # ---------------------------------------------------------------- one attempt
 def attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, base, dst_binary: str | None = None) -> Verdict:
     """One plan on a COLO base (chaos_attempt's counterpart; same Env, phases, steps)."""
+    if plan.guest != "bootblock":
+        raise SpecError(f"plan: guest {plan.guest}: COLO bases boot the boot sector only")
     from harness.stress.engine import HarnessEnv, Phases, _quiet_oracles, _run_steps
     applied: list = []
     coverage: list = []

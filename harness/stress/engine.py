@@ -86,7 +86,8 @@ class ChaosRecipe:
         base = bases_mod.draw(rng, self.bases)
         seed = rng.getrandbits(62)
         steps = generate(random.Random(seed), self.draw_context(base), self.actions, self.span_ms)
-        return ChaosPlan(seed, base.path, tuple(steps), self.span_ms, guests.draw(seed, self.linux))
+        # COLO pairs boot the boot sector only (colo_base): their plans never draw Linux
+        return ChaosPlan(seed, base.path, tuple(steps), self.span_ms, guests.draw(seed, self.linux and not base.colo))
 
     def prepare(self, run: TestRun, base_spec: MachineSpec, plan: ChaosPlan) -> "Prepared":
         """Spawn the pair of a later attempt now (the hammer does it one attempt ahead,
