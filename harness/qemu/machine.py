@@ -225,6 +225,11 @@ class Machine:
         self._expected_rcs = returncodes
         self._expected_stderr = stderr_regex
 
+    def allow_exit(self, returncode: int) -> None:
+        """Also accept returncode as an expected exit, keeping what was declared before
+        (chaos: a plan that SIGTERMs a side that may also fail its migration)."""
+        self._expected_rcs = tuple(sorted(set(self._expected_rcs) | {returncode}))
+
     def expect_clean(self) -> None:
         self._expected_rcs = (0,)
         self._expected_stderr = None

@@ -42,6 +42,7 @@ from harness.runtime import colo as colo_rt
 from harness.stress import oracles
 from harness.stress.oracles import PairState, Verdict, VerdictKind
 from harness.stress.plans import ChaosPlan
+from harness.stress.steps import HarnessEnv, Phases, quiet_oracles, run_steps
 
 SETTLE_S = 40.0
 RESUME_S = 15.0     # a side that failed over runs its guest again by then
@@ -180,7 +181,6 @@ def _probe(src_binary: str, dst_binary: str, accel: str) -> str | None:
     import tempfile
     from harness.stress.bases import ChaosBase
     from harness.migration.transports import Transport
-    from harness.stress.engine import HarnessEnv
     base = ChaosBase(path="/migration/colo/probe", transport=Transport.TCP, caps=(("events", True),),
                      src_params=(), dst_params=(), colo=True, checkpoint_delay_ms=300)
     with tempfile.TemporaryDirectory(prefix="qmh-colo-probe-") as d:
@@ -223,7 +223,6 @@ def attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, base, dst_bin
     """One plan on a COLO base (chaos_attempt's counterpart; same Env, phases, steps)."""
     if plan.guest != "bootblock":
         raise SpecError(f"plan: guest {plan.guest}: COLO bases boot the boot sector only")
-    from harness.stress.engine import HarnessEnv, Phases, _quiet_oracles, _run_steps
     applied: list = []
     coverage: list = []
     st = env = phases = layout = proxy = None
@@ -235,7 +234,7 @@ def attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, base, dst_bin
         phases = Phases(st)
         st.pair.src.cmd("migrate", {"uri": proxy.uri})
         marks.append(("migrating", time.monotonic()))
-        _run_steps(dataclasses.replace(plan, span_ms=plan.span_ms + colo_rt.ENTRY_MS), env, st, phases,
+        run_steps(dataclasses.replace(plan, span_ms=plan.span_ms + colo_rt.ENTRY_MS), env, st, phases,
                    applied, coverage)
         marks.append(("plan done", time.monotonic()))
         env.release()
@@ -261,7 +260,7 @@ def attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, base, dst_bin
         phases.poll()
         coverage.extend(phases.transitions())
         if verdict.ok:
-            verdict = _quiet_oracles(run, phases) or verdict
+            verdict = quiet_oracles(run, phases) or verdict
     verdict.applied, verdict.coverage = applied, coverage
     verdict.timing = {name: round(t - marks[i][1], 3) for i, (name, t) in enumerate(marks[1:])}
     write_plan(run, plan, applied, verdict.timing)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import signal as signal_mod
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,9 +24,8 @@ from harness.hosts.local import LocalHost
 from harness.migration import tuning
 from harness.migration.pair import StartedPair, start_pair
 from harness.migration.transports import Transport
-from harness.qemu.machine import Machine, MachineFailure
-from harness.qemu.qmp import QMPCommandError, QMPDisconnected, QMPTimeout
-from harness.qemu.spec import BOOTBLOCK_MIN_MIB, BOOTROM_MIN_MIB, GuestKind, GuestSpec, MachineSpec
+from harness.qemu.machine import MachineFailure
+from harness.qemu.spec import MachineSpec
 from harness.run import TestRun
 from harness.runtime import actions as act
 from harness.runtime.fileload import FileLoad, file_uri
@@ -36,9 +33,10 @@ from harness.runtime.surface import Surface
 from harness.stress import bases as bases_mod
 from harness.stress import coverage as cov
 from harness.stress import guests
-from harness.stress import oracles
+from harness.stress import colo_base, oracles, remote
 from harness.stress.oracles import PairState, Verdict, VerdictKind
-from harness.stress.plans import ChaosPlan, Step, generate, mutate
+from harness.stress.plans import ChaosPlan, generate, mutate
+from harness.stress.steps import HarnessEnv, Phases, quiet_oracles, run_steps
 
 DISK_MIB = 16
 
@@ -119,139 +117,6 @@ def base_of(plan: ChaosPlan, bases: list | None = None):
     return bases_mod.from_scenario(s)
 
 
-# ---------------------------------------------------------------- the env actions run against
-class HarnessEnv:
-    """harness.runtime.actions' Env over a harness Pair (qemu.qmp monitors)."""
-
-    def __init__(self, st: PairState, migrate_uri: str, main_listener):
-        self.st = st
-        self._migrate_uri = migrate_uri
-        self._main = main_listener
-        self._recover = None
-        self.held: list[socket.socket] = []
-        self.pending: list[socket.socket] = []
-
-    def _m(self, side: str) -> Machine:
-        return self.st.machine(side)
-
-    def qmp(self, side, command, args, timeout, oob):
-        m = self._m(side)
-        if not m.is_running():
-            raise act.Gone(command)
-        try:
-            r = m.qmp.cmd(command, args or None, timeout=timeout, oob=bool(oob and m.qmp.oob_enabled))
-            return {"return": r}
-        except QMPCommandError as exc:
-            return {"error": {"class": exc.error_class, "desc": exc.desc}}
-        except QMPTimeout:
-            raise act.NoReply(command) from None
-        except (QMPDisconnected, EOFError, OSError):
-            raise act.Gone(command) from None
-
-    def flood(self, side, command, count, oob):
-        m = self._m(side)
-        if not m.is_running():
-            raise act.Gone(command)
-        for mon in (m.qmp, *m.extra_qmp):
-            mon.flood(command, count, oob=bool(oob and mon.oob_enabled))
-
-    def signal(self, side, signame):
-        m = self._m(side)
-        if m.is_running():
-            m.kill(getattr(signal_mod, signame))
-
-    def expect_exit(self, side, rc):
-        self.st.killed.add(side)
-        allow_exit(self._m(side), rc)
-
-    def alive(self, side):
-        return self._m(side).is_running()
-
-    def listener(self, channel):
-        return self._main if channel == "main" else self._recover
-
-    def set_recover_port(self, port):
-        self._recover = ("127.0.0.1", port)
-
-    def migrate_uri(self):
-        return self._migrate_uri
-
-    def listen_host(self):
-        return "127.0.0.1"
-
-    def cut(self):
-        return self.st.proxy.cut() if self.st.proxy is not None else 0
-
-    def hold(self, sock):
-        self.held.append(sock)
-
-    def pending_listener(self):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        s.listen(1)
-        self.pending.append(s)
-        return f"tcp:127.0.0.1:{s.getsockname()[1]}"
-
-    def release(self):
-        """End of the plan: faults end; QEMU must recover from what they left."""
-        for s in self.held + self.pending:
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-                s.close()
-            except OSError:
-                pass
-        self.held, self.pending = [], []
-
-
-def allow_exit(m: Machine, rc: int) -> None:
-    """Add rc to what m may exit with, keeping earlier allowances."""
-    m.expect_exit(tuple(sorted(set(m._expected_rcs) | {rc})))
-
-
-# ---------------------------------------------------------------- phases
-class Phases:
-    """Each side's migration status and run state, read from its events."""
-
-    def __init__(self, st: PairState):
-        self.st = st
-        self.idx = {"src": 0, "dst": 0}
-        self.status = {"src": "none", "dst": "none"}
-        self.runstate = {"src": "running", "dst": "inmigrate"}
-        self.first: dict[str, float] = {}          # "side:STATUS" -> when first seen
-        self.history = {"src": [], "dst": []}      # MIGRATION statuses in order
-        self.seq = {"src": [], "dst": []}          # statuses and STOP/RESUME/... names in order
-
-    def poll(self) -> None:
-        for side in ("src", "dst"):
-            m = self.st.machine(side)
-            if m.qmp is None:
-                continue
-            events = m.qmp.events.events
-            while self.idx[side] < len(events):
-                ev = events[self.idx[side]]
-                self.idx[side] += 1
-                if ev.name == "MIGRATION":
-                    s = ev.data.get("status", "?")
-                    self.history[side].append(s)
-                    self.seq[side].append(s)
-                    self.status[side] = s
-                    self.first.setdefault(f"{side}:{s}", ev.received)
-                elif ev.name in ("STOP", "RESUME", "SHUTDOWN", "RESET"):
-                    self.seq[side].append(ev.name)
-                    self.runstate[side] = {"STOP": "paused", "RESUME": "running",
-                                           "SHUTDOWN": "shutdown", "RESET": self.runstate[side]}[ev.name]
-                    self.first.setdefault(f"{side}:{ev.name}", ev.received)
-
-    def transitions(self) -> list[str]:
-        out = []
-        for side, hist in self.history.items():
-            prev = "none"
-            for s in hist:
-                out.append(cov.transition_tuple(side, prev, s))
-                prev = s
-        return out
-
-
 # ---------------------------------------------------------------- one attempt
 _EMPTY_DISK: dict = {}
 
@@ -307,9 +172,7 @@ def prepare_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases
     base = base_of(plan, bases)
     if base.colo:       # colo_base.attempt lays out its own pair
         return None
-    # Inventory hosts: a disk per side on its own host, TLS staged (harness.stress.remote,
-    # imported here: it builds on HarnessEnv).
-    from harness.stress import remote
+    # Inventory hosts: a disk per side on its own host, TLS staged (harness.stress.remote).
     if remote.remote_pair(run.placement):
         layout, tls = (), remote.setup(run, base, layout_args, DISK_MIB)
     else:
@@ -335,7 +198,6 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
     prepared: the pair prepare_attempt() spawned ahead for this run and plan."""
     base = base_of(plan, bases)
     if base.colo:       # its own setup, settling and judging (harness.stress.colo_base)
-        from harness.stress import colo_base
         return colo_base.attempt(run, base_spec, plan, base, dst_binary)
     applied: list = []
     coverage: list = []
@@ -344,7 +206,6 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
     proxy = None
     notes: list = []
     marks = [("start", time.monotonic())]
-    from harness.stress import remote   # builds on HarnessEnv (see prepare_attempt)
     try:
         if prepared is None:
             prepared = prepare_attempt(run, base_spec, plan, bases, dst_binary, paced_guest)
@@ -385,7 +246,7 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
                 pair.src.cmd("stop")
         pair.src.cmd("migrate", {"uri": migrate_uri})
         marks.append(("migrating", time.monotonic()))
-        _run_steps(plan, env, st, phases, applied, coverage, loader)
+        run_steps(plan, env, st, phases, applied, coverage, loader)
         marks.append(("plan done", time.monotonic()))
         env.release()
         deadline = time.monotonic() + oracles.SETTLE_TIMEOUT
@@ -410,7 +271,7 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
         phases.poll()
         coverage.extend(phases.transitions())
         if verdict.ok:
-            verdict = _quiet_oracles(run, phases) or verdict
+            verdict = quiet_oracles(run, phases) or verdict
     verdict.applied = applied
     verdict.coverage = coverage
     verdict.notes = list(verdict.notes) + notes
@@ -420,26 +281,6 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
     (run.artifacts / "plan.json").write_text(json.dumps(dict(plan.to_dict(), applied=[
         {"step": a, "result": r} for a, r in applied], timing_s=timing, **extra), indent=2) + "\n")
     return verdict
-
-
-def _quiet_oracles(run: TestRun, phases: Phases) -> Verdict | None:
-    """Violations that leave QEMU running: the state machine and stderr."""
-    for side, hist in phases.history.items():
-        bad = oracles.state_machine_violation(hist)
-        if bad:
-            return Verdict(VerdictKind.STATE_MACHINE, f"state-machine: {side} {bad}", " -> ".join(hist))
-    for m in run.all_machines():
-        line = oracles.stderr_violation(m.stderr_text())
-        if line:
-            return Verdict(VerdictKind.STDERR, f"stderr: {line}", m.name)
-    return None
-
-
-def _fire_time(step: Step, t0: float, phases: Phases) -> float | None:
-    if step.on is None:
-        return t0 + step.at_ms / 1000
-    seen = phases.first.get(step.on)
-    return None if seen is None else max(seen, t0) + step.at_ms / 1000
 
 
 def _finish_load(loader: FileLoad, env: HarnessEnv, st: PairState, phases: Phases, settled,
@@ -454,48 +295,3 @@ def _finish_load(loader: FileLoad, env: HarnessEnv, st: PairState, phases: Phase
         notes.append(f"destination not judged: {why}")
 
 
-def _run_steps(plan: ChaosPlan, env: HarnessEnv, st: PairState, phases: Phases,
-               applied: list, coverage: list, loader: FileLoad | None = None) -> None:
-    t0 = time.monotonic()
-    end = t0 + plan.span_ms / 1000    # a phase-triggered step whose phase has not come by then is dropped
-    pending = list(plan.steps)
-    while pending:
-        phases.poll()
-        if loader is not None:
-            loader.tick(env, phases.seq["src"])
-        now = time.monotonic()
-        due = [(t, i) for i, s in enumerate(pending) if (t := _fire_time(s, t0, phases)) is not None]
-        ready = [(t, i) for t, i in due if t <= now]
-        if ready:
-            _, i = min(ready)
-            step = pending.pop(i)
-            result = _apply(step, env, st, phases, coverage)
-            applied.append((step.describe(), result))
-            if loader is not None:
-                loader.step_applied(step.side, step.kind, step.args, result.split(":", 1)[0])
-            continue
-        if now >= end and len(due) == 0:
-            for s in pending:
-                applied.append((s.describe(), "not fired: its phase did not come within the span"))
-            return
-        nxt = min([t for t, _ in due] + [end])
-        time.sleep(max(0.0, min(0.005, nxt - now)))
-
-
-def _apply(step: Step, env: HarnessEnv, st: PairState, phases: Phases, coverage: list) -> str:
-    action = step.action
-    status, runstate = phases.status[step.side], phases.runstate[step.side]
-    if action.needs_alive and not env.alive(step.side):
-        outcome, words = "skipped", "side not running"
-    else:
-        outcome, words = action.apply(env, step.side, step.args)
-    if outcome == "ok":
-        if step.kind in ("snapshot-save", "snapshot-load", "snapshot-delete") or (
-                step.kind == "hmp" and step.args[0].split()[0] in ("savevm", "loadvm", "delvm")):
-            st.snapshot_touched.add(step.side)
-        if step.kind == "system-reset" or (step.kind == "hmp" and step.args[0].startswith("loadvm")):
-            st.reset.add(step.side)
-        if step.kind == "snapshot-load":
-            st.reset.add(step.side)
-    coverage.append(cov.action_tuple(step.side, status, runstate, action.key(step.args), outcome))
-    return f"{outcome}: {words}"

@@ -35,7 +35,7 @@ from harness.hosts.placement import Placement
 from harness.migration.tls import Setup
 from harness.migration.transports import Transport
 from harness.run import TestRun
-from harness.stress.engine import HarnessEnv
+from harness.stress.steps import HarnessEnv
 
 DISK_NAME = "disk0.qcow2"
 QEMU_IMG_TIMEOUT = 30.0
