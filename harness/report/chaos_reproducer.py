@@ -60,6 +60,7 @@ def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, 
     """attempt_dir: artifacts of a boot-sector run of the plan (command lines, outcomes).
     The script always boots the boot sector; guest_note says so when the violation was
     seen with another guest (LINUX_NOTE)."""
+    attempt_dir = attempt_dir.resolve()   # the recorded command lines hold absolute paths
     src_text = (attempt_dir / "source" / "cmdline.txt").read_text()
     marker, boot = _guest_image(src_text)
     subst = {str(boot): marker, str(attempt_dir / "shared" / "disk0.qcow2"): "@DISK@"}

@@ -38,6 +38,7 @@ from harness.runtime import colo
 from harness.runtime.fileload import FileLoad, file_uri
 
 TERMINAL = ("completed", "failed", "cancelled")
+END_WAIT_S = 10.0     # quit, then SIGTERM: each gets this long (the engine's QUIT/TERM_TIMEOUT)
 
 
 def die_with_parent():
@@ -199,15 +200,23 @@ class Vm:
             pass
 
     def end(self):
+        """quit, then SIGTERM, then SIGKILL, 10 s each, as the engine ends a QEMU;
+        self.stuck: it outlived quit and SIGTERM (the engine's shutdown hang)."""
+        self.stuck = False
         if self.alive():
             try:
-                self.mon.cmd("quit", timeout=5)
+                self.mon.cmd("quit", timeout=END_WAIT_S)
             except (act.NoReply, act.Gone):
-                self.kill()
+                pass
             try:
-                self.p.wait(10)
+                self.p.wait(END_WAIT_S)
             except subprocess.TimeoutExpired:
-                self.kill()
+                self.p.send_signal(signal.SIGTERM)
+                try:
+                    self.p.wait(END_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    self.stuck = True
+                    self.kill()
         self.p.wait()
         rc = self.p.returncode
         err = open(self.err, errors="replace").read()
@@ -529,7 +538,13 @@ def attempt(cfg, subst, perturb, bins):
         exits = {side: vm.end() for side, vm in vms.items()}
         if colo_dir is not None:
             shutil.rmtree(colo_dir, ignore_errors=True)
+    for side, vm in vms.items():   # as the engine: a shutdown hang shows when nothing else did
+        if seen == "clean" and getattr(vm, "stuck", False):
+            seen = f"hang: {NAMES[side]}: did not exit within 20s of quit and SIGTERM"
     return seen, exits
+
+
+NAMES = {"src": "source", "dst": "destination"}
 
 
 def hit(cfg, seen, exits):

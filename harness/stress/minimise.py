@@ -46,7 +46,7 @@ class _Runner:
         self.runs += 1
         run = TestRun(self.art / f"try-{self.runs:04d}")
         verdict = self.attempt(run, self.base, plan)
-        hit = verdict.signature == self.signature
+        hit = same_violation(self.signature, verdict.signature)
         if not hit:
             run.discard_artifacts()
         return hit
@@ -70,6 +70,16 @@ class _Runner:
             if self.once(plan):
                 return True
         return False
+
+
+def same_violation(wanted: str, got: str) -> bool:
+    """got shows the violation named wanted. A crash seen without a core has a bare
+    signature ("crash SIGSEGV"); a later run of it that dumped core names its frames
+    ("crash SIGSEGV: in f <- g"), and is the same violation."""
+    if got == wanted:
+        return True
+    bare = wanted.startswith("crash SIG") and ":" not in wanted
+    return bare and got.startswith(wanted + ":")
 
 
 def trials_for(rate: float, miss: float = 0.1, cap: int = MAX_TRIALS) -> int:

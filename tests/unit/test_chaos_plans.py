@@ -371,3 +371,12 @@ def test_exported_file_plan_carries_the_load(tmp_path):
     assert "FILELOAD_SOURCE" in text and "dst:active+0ms dst freeze" in text
     assert "Guest:     boot sector (seen with the Linux guest;" in text
     assert "'hold': {'max-bandwidth': 1000000000" in text      # the save must end for the load to begin
+
+
+def test_a_bare_crash_signature_matches_the_same_crash_with_frames():
+    from harness.stress.minimise import same_violation
+    assert same_violation("crash SIGSEGV", "crash SIGSEGV: in multifd_send_sync_main <- qemu_savevm_state_setup")
+    assert same_violation("hang: dst does not answer query-status", "hang: dst does not answer query-status")
+    assert not same_violation("crash SIGSEGV", "crash SIGABRT: in abort <- g")
+    assert not same_violation("crash SIGSEGV: in f <- g", "crash SIGSEGV: in h <- i")
+    assert not same_violation("crash SIGSEGV", "lost-vm: source completed, destination failed to load")
