@@ -148,8 +148,26 @@ def guest_alive(m: Machine, timeout: float = 15.0) -> str | None:
             return f"{m.name} cannot continue from '{st['status']}': {r['error'][:100]}"
     mark = m.serial.mark()
     if m.serial.wait_for(integrity.HB_RX if _linux(m) else rb"B", time.monotonic() + timeout, mark) is None:
+        if not _linux(m) and _area_advances(m):
+            return f"{m.name} guest runs (its memory advances) but its serial output stopped"
         return f"{m.name} guest made no progress in {timeout:.0f}s"
     return None
+
+
+def _area_advances(m: Machine) -> bool:
+    """Does the boot sector still make passes (the first page's counter moves), whatever
+    its console says? Tells a silent UART from a stuck guest."""
+    start, _ = integrity.bootblock_area(m)
+    probe = m.run_dir / "probe.bin"
+    seen = []
+    for _ in range(2):
+        r = m.qmp.try_cmd("pmemsave", {"val": start, "size": 1, "filename": str(probe)}, timeout=STATUS_TIMEOUT)
+        if "error" in r:
+            return False
+        seen.append(m.host.read_file(probe))   # the QEMU's host (SFTP when remote)
+        time.sleep(0.5)
+    m.host.remove_file(probe)
+    return seen[0] != seen[1]
 
 
 def _answers(st: PairState, settled) -> Verdict | None:
@@ -193,6 +211,9 @@ def judge(st: PairState, settled: str | None) -> Verdict | None:
             return Verdict(VerdictKind.INCONSISTENT, f"inconsistent: source completed, destination '{dstat}'")
         problem = guest_alive(dst)
         if problem:
+            if "serial output stopped" in problem:
+                return Verdict(VerdictKind.LOST_VM, "lost-vm: destination serial output stopped after migration",
+                               problem)
             return Verdict(VerdictKind.LOST_VM, "lost-vm: source completed, destination guest dead", problem)
         if "src" not in st.reset and "dst" not in st.reset:
             try:

@@ -4,6 +4,7 @@ the command's exit status says what it found."""
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -234,3 +235,29 @@ def test_colo_plan_exports_a_reproducer_with_the_colo_setup(colo_spec, tmp_path)
     assert "@COLO@" in script.read_text() and "qmh-colo-" not in script.read_text()
     rc, last = run_script(script, attempts=1, seconds=60, qemu_src=COLO_QEMU, qemu_dst=COLO_QEMU)
     assert rc == 1 and last == f"RESULT hits=1 attempts=1 signature={v.signature}", last
+
+
+def test_a_silent_console_with_a_running_guest_is_not_a_dead_guest(base_spec, tmp_path, monkeypatch):
+    """guest_alive looks at the guest's memory when its console says nothing: a pass
+    counter that still moves means the UART, not the guest, stopped."""
+    from harness.qemu.spec import GuestKind, GuestSpec
+    from harness.stress import oracles
+    run = TestRun(tmp_path / "s")
+    try:
+        m = run.machine(base_spec.with_(name="source", memory_mib=64,
+                                        guest=GuestSpec(kind=GuestKind.BOOTBLOCK, paced_rom=True)))
+        assert m.serial.wait_for(rb"AB", time.monotonic() + 20) is not None
+        assert oracles.guest_alive(m, timeout=5) is None
+        monkeypatch.setattr(m.serial, "wait_for", lambda *a, **k: None)   # the console goes quiet
+        assert "serial output stopped" in oracles.guest_alive(m, timeout=1)
+        m.cmd("stop")
+        monkeypatch.setattr(m.qmp, "try_cmd", _no_cont(m.qmp.try_cmd))   # and the guest cannot run
+        assert "made no progress" in oracles.guest_alive(m, timeout=1)
+    finally:
+        run.abort()
+
+
+def _no_cont(try_cmd):
+    def wrapped(cmd, args=None, timeout=5.0):
+        return {} if cmd == "cont" else try_cmd(cmd, args, timeout)
+    return wrapped
