@@ -1,6 +1,10 @@
 """bench/chaos-yield: `harness chaos` exploration only (no minimising, no verifying),
 at -j 1 and then -j J with the same seconds; prints plans/s, coverage and signatures
-for each and, on the last line, the -j J figures with the scaling ratio."""
+for each and, on the last line, the -j J figures with the scaling ratio.
+
+By default it measures boot-sector bases (every family, the boot sector's paced
+firmware form, no Linux guest): --linux-guest auto adds the ~1 plan in 20 that boots
+Linux (several seconds each under TCG), --spinning-guest qtest's spinning boot sector."""
 from __future__ import annotations
 
 import argparse
@@ -35,8 +39,11 @@ def main() -> None:
     ap.add_argument("-j", "--parallel", type=int, default=2)
     ap.add_argument("--qemu", default=None)
     ap.add_argument("--families", default="")
+    ap.add_argument("--linux-guest", choices=("auto", "off"), default="off")
+    ap.add_argument("--spinning-guest", action="store_true")
     a = ap.parse_args()
-    extra = (["--qemu", a.qemu] if a.qemu else []) + (["--families", a.families] if a.families else [])
+    extra = (["--qemu", a.qemu] if a.qemu else []) + (["--families", a.families] if a.families else []) + [
+        "--linux-guest", a.linux_guest] + (["--spinning-guest"] if a.spinning_guest else [])
     one = run(a.seconds, 1, extra)
     many = run(a.seconds, a.parallel, extra)
     for j, r in ((1, one), (a.parallel, many)):
