@@ -350,25 +350,32 @@ def bootblock_key() -> str:
     ])
 
 
-def _build_bootblock_into(out: Path) -> dict:
-    src = _src("bootblock", "bootblock.S")
+def _assemble(out: Path, source: str, binary_name: str, text_addr: str) -> tuple[Path, dict]:
+    """as --32 + ld (flat binary linked at text_addr) of images/bootblock/<source>:
+    the binary's path and the manifest's sources/tools (no object file left)."""
+    src = _src("bootblock", source)
     as_ = _need_tool("as", "binutils")
     ld = _need_tool("ld", "binutils")
-    obj = out / "bootblock.o"
-    binary = out / BOOTBLOCK_FILE
-    _run([as_, "--32", "-o", str(obj), str(src)], "assembling bootblock.S")
-    _run([ld, "-m", "elf_i386", "-Ttext=0x7c00", "--oformat=binary", "-o", str(binary), str(obj)],
-         "linking bootblock")
+    obj = out / (Path(source).stem + ".o")
+    binary = out / binary_name
+    _run([as_, "--32", "-o", str(obj), str(src)], f"assembling {source}")
+    _run([ld, "-m", "elf_i386", f"-Ttext={text_addr}", "--oformat=binary", "-o", str(binary), str(obj)],
+         f"linking {Path(source).stem}")
     obj.unlink()
+    binary.chmod(0o644)
+    return binary, {
+        "sources": {source: _sha256_file(src)},
+        "tools": {"as": _tool_version([as_, "--version"]), "ld": _tool_version([ld, "--version"])},
+    }
+
+
+def _build_bootblock_into(out: Path) -> dict:
+    binary, manifest = _assemble(out, "bootblock.S", BOOTBLOCK_FILE, "0x7c00")
     data = binary.read_bytes()
     if len(data) != 512 or data[-2:] != b"\x55\xaa":
         raise ImageError(f"bootblock is {len(data)} bytes ending {data[-2:].hex()}, "
                          "want 512 bytes ending 55aa")
-    binary.chmod(0o644)
-    return {
-        "sources": {"bootblock.S": _sha256_file(src)},
-        "tools": {"as": _tool_version([as_, "--version"]), "ld": _tool_version([ld, "--version"])},
-    }
+    return manifest
 
 
 def build_bootblock(force: bool = False) -> Path:
@@ -389,25 +396,13 @@ def bootrom_key() -> str:
 
 
 def _build_bootrom_into(out: Path) -> dict:
-    src = _src("bootblock", "bootrom.S")
-    as_ = _need_tool("as", "binutils")
-    ld = _need_tool("ld", "binutils")
-    obj = out / "bootrom.o"
-    binary = out / BOOTROM_FILE
-    _run([as_, "--32", "-o", str(obj), str(src)], "assembling bootrom.S")
-    _run([ld, "-m", "elf_i386", "-Ttext=0xf0000", "--oformat=binary", "-o", str(binary), str(obj)],
-         "linking bootrom")
-    obj.unlink()
+    binary, manifest = _assemble(out, "bootrom.S", BOOTROM_FILE, "0xf0000")
     data = binary.read_bytes()
     # The reset vector (ROM offset 0xfff0) must hold the far jump (0xea) to F000:real.
     if len(data) != BOOTROM_SIZE or data[0xfff0] != 0xEA:
         raise ImageError(f"bootrom is {len(data)} bytes with {data[0xfff0:0xfff1].hex() or 'nothing'} "
                          f"at the reset vector, want {BOOTROM_SIZE} bytes and a far jump (ea)")
-    binary.chmod(0o644)
-    return {
-        "sources": {"bootrom.S": _sha256_file(src)},
-        "tools": {"as": _tool_version([as_, "--version"]), "ld": _tool_version([ld, "--version"])},
-    }
+    return manifest
 
 
 def build_bootrom(force: bool = False) -> Path:

@@ -24,7 +24,6 @@ failover teardown are drawn often here), then settles and judges:
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from harness.runtime import colo as colo_rt
 from harness.stress import oracles
 from harness.stress.oracles import PairState, Verdict, VerdictKind
 from harness.stress.plans import ChaosPlan
-from harness.stress.steps import HarnessEnv, Phases, quiet_oracles, run_steps
+from harness.stress.steps import HarnessEnv, Phases, conclude, run_steps
 
 SETTLE_S = 40.0
 RESUME_S = 15.0     # a side that failed over runs its guest again by then
@@ -213,11 +212,6 @@ def _probe(src_binary: str, dst_binary: str, accel: str) -> str | None:
                 layout.remove()
 
 
-def write_plan(run: TestRun, plan: ChaosPlan, applied: list, timing: dict) -> None:
-    (run.artifacts / "plan.json").write_text(json.dumps(dict(plan.to_dict(), applied=[
-        {"step": a, "result": r} for a, r in applied], timing_s=timing), indent=2) + "\n")
-
-
 # ---------------------------------------------------------------- one attempt
 def attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, base, dst_binary: str | None = None) -> Verdict:
     """One plan on a COLO base (chaos_attempt's counterpart; same Env, phases, steps)."""
@@ -255,13 +249,4 @@ def attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, base, dst_bin
         if layout is not None:
             layout.remove()
         marks.append(("ended", time.monotonic()))
-    verdict = oracles.final_verdict(run, verdict)
-    if phases is not None:
-        phases.poll()
-        coverage.extend(phases.transitions())
-        if verdict.ok:
-            verdict = quiet_oracles(run, phases) or verdict
-    verdict.applied, verdict.coverage = applied, coverage
-    verdict.timing = {name: round(t - marks[i][1], 3) for i, (name, t) in enumerate(marks[1:])}
-    write_plan(run, plan, applied, verdict.timing)
-    return verdict
+    return conclude(run, plan, verdict, phases, applied, coverage, marks)

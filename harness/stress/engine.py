@@ -36,7 +36,7 @@ from harness.stress import guests
 from harness.stress import colo_base, oracles, remote
 from harness.stress.oracles import PairState, Verdict, VerdictKind
 from harness.stress.plans import ChaosPlan, generate, mutate
-from harness.stress.steps import HarnessEnv, Phases, quiet_oracles, run_steps
+from harness.stress.steps import HarnessEnv, Phases, conclude, run_steps
 
 DISK_MIB = 16
 
@@ -266,21 +266,8 @@ def chaos_attempt(run: TestRun, base_spec: MachineSpec, plan: ChaosPlan, bases: 
             proxy.stop()
         run.abort()
         marks.append(("ended", time.monotonic()))
-    verdict = oracles.final_verdict(run, verdict)
-    if phases is not None:
-        phases.poll()
-        coverage.extend(phases.transitions())
-        if verdict.ok:
-            verdict = quiet_oracles(run, phases) or verdict
-    verdict.applied = applied
-    verdict.coverage = coverage
-    verdict.notes = list(verdict.notes) + notes
-    timing = {name: round(t - marks[i][1], 3) for i, (name, t) in enumerate(marks[1:])}
-    verdict.timing = timing
     extra = {"load": loader.result or "not started", "load_excuse": loader.excuse()} if loader else {}
-    (run.artifacts / "plan.json").write_text(json.dumps(dict(plan.to_dict(), applied=[
-        {"step": a, "result": r} for a, r in applied], timing_s=timing, **extra), indent=2) + "\n")
-    return verdict
+    return conclude(run, plan, verdict, phases, applied, coverage, marks, notes, **extra)
 
 
 def _finish_load(loader: FileLoad, env: HarnessEnv, st: PairState, phases: Phases, settled,

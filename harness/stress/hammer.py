@@ -79,7 +79,6 @@ def with_malloc_perturb(base: MachineSpec, perturb: int | None) -> MachineSpec:
 class Ahead:
     """An attempt drawn, and its QEMUs spawned, while the one before it runs."""
     index: int
-    seed: int
     variant: object
     perturb: int | None
     run: TestRun
@@ -92,12 +91,13 @@ def prepare_ahead(recipe, base: MachineSpec, art: Path, seed: int, malloc_pertur
     prepare(); others None). A failure here is left to the attempt to meet again."""
     variant, perturb = draw_attempt(recipe, seed, malloc_perturb)
     run = TestRun(art, want_evidence=budget)
+    ahead = Ahead(index, variant, perturb, run, None)
     try:
-        prepared = recipe.prepare(run, with_malloc_perturb(base, perturb), variant)
+        ahead.prepared = recipe.prepare(run, with_malloc_perturb(base, perturb), variant)
     except Exception:  # noqa: BLE001 - the attempt sets up again and reports it
-        drop_ahead(Ahead(index, seed, variant, perturb, run, None))
+        drop_ahead(ahead)
         return None
-    return Ahead(index, seed, variant, perturb, run, prepared)
+    return ahead
 
 
 def drop_ahead(ahead: Ahead | None) -> None:
@@ -174,8 +174,9 @@ def _worker(wid: int, recipe, cfg: HammerConfig, deadline: float | None, max_att
                 break
             seed = attempt_seed(cfg.seed, wid, i)
             art = cfg.artifacts / f"w{wid}-{i:06d}"
-            cur, ahead = (ahead, None) if ahead is not None and ahead.index == i else (None, ahead)
-            drop_ahead(ahead)
+            cur = ahead if ahead is not None and ahead.index == i else None
+            if cur is None:
+                drop_ahead(ahead)
             ahead = None
             more = (max_attempts is None or i + 1 < max_attempts) and (
                 deadline is None or time.time() + AHEAD_MIN_LEFT < deadline)

@@ -5,6 +5,7 @@ stderr). Shared by the engine (harness.stress.engine) and the bases with their
 own setup (harness.stress.remote, harness.stress.colo_base)."""
 from __future__ import annotations
 
+import json
 import signal as signal_mod
 import socket
 import time
@@ -212,3 +213,22 @@ def _apply(step: Step, env: HarnessEnv, st: PairState, phases: Phases, coverage:
             st.reset.add(step.side)
     coverage.append(cov.action_tuple(step.side, status, runstate, action.key(step.args), outcome))
     return f"{outcome}: {words}"
+
+
+def conclude(run: TestRun, plan: ChaosPlan, verdict: Verdict | None, phases: Phases | None, applied: list,
+             coverage: list, marks: list, notes: list = (), **extra) -> Verdict:
+    """After every machine exited: the final verdict (a crash outranks the oracles; the
+    quiet oracles speak when nothing else did), coverage with the status transitions,
+    timing per phase, and the attempt's plan.json (steps as applied, `extra` fields)."""
+    verdict = oracles.final_verdict(run, verdict)
+    if phases is not None:
+        phases.poll()
+        coverage.extend(phases.transitions())
+        if verdict.ok:
+            verdict = quiet_oracles(run, phases) or verdict
+    verdict.applied, verdict.coverage = applied, coverage
+    verdict.notes = list(verdict.notes) + list(notes)
+    verdict.timing = {name: round(t - marks[i][1], 3) for i, (name, t) in enumerate(marks[1:])}
+    (run.artifacts / "plan.json").write_text(json.dumps(dict(plan.to_dict(), applied=[
+        {"step": a, "result": r} for a, r in applied], timing_s=verdict.timing, **extra), indent=2) + "\n")
+    return verdict
