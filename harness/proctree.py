@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -65,16 +66,16 @@ def new_run_dir(root: Path | str, prefix: str) -> Path:
     import secrets
     for _ in range(100):
         path = Path(root) / f"{RUN_DIR_PREFIX}{prefix}-{secrets.token_hex(4)}"
-        with _lock:
+        with _lock:     # made under the lock: a final reap on another thread sees it, or it is not made
             _dirs.add(path)
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            untrack_dir(path)
-            continue
-        except BaseException:
-            untrack_dir(path)
-            raise
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                _dirs.discard(path)
+                continue
+            except BaseException:
+                _dirs.discard(path)
+                raise
         os.chmod(path, 0o700)   # mkdir's mode went through the umask
         track_dir(path)
         return path
@@ -86,12 +87,28 @@ def untrack_dir(path: Path) -> None:
         _dirs.discard(Path(path))
 
 
-def reap_own() -> None:
-    """Kill every process group and remove every run dir this process still holds."""
-    with _lock:
+@contextlib.contextmanager
+def spawning() -> Iterator[None]:
+    """Around starting a child and track_group(): a stop signal cannot fall between
+    the two (blocked on this thread), and a final reap on another thread waits for
+    the pair to finish (the lock), so no child escapes the registry. The child
+    inherits the blocked mask: its preexec_fn must unblock STOP_SIGNALS."""
+    with signals_blocked(), _lock:
+        yield
+
+
+def reap_own(final: bool = False) -> None:
+    """Kill every process group and remove every run dir this process still holds.
+    final: the process exits right after; the registry stays locked, so a thread that
+    would start a QEMU or make a run dir meanwhile waits until the exit takes it."""
+    _lock.acquire()
+    try:
         groups, dirs = list(_groups), list(_dirs)
         _groups.clear()
         _dirs.clear()
+    finally:
+        if not final:
+            _lock.release()
     for g in groups:
         try:
             os.killpg(g, signal.SIGKILL)
@@ -102,6 +119,11 @@ def reap_own() -> None:
             os.waitpid(g, os.WNOHANG)
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
+    if any(d.exists() for d in dirs):
+        # A QEMU dying of the SIGKILL may have finished a file creation meanwhile.
+        time.sleep(0.05)
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- orphans of the dead
@@ -171,6 +193,11 @@ def reap_orphans(root: Path) -> list[Path]:
             os.kill(pid, signal.SIGKILL)
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
+    if any(d.exists() for d in dirs):
+        # A QEMU dying of the SIGKILL may have finished a file creation meanwhile.
+        time.sleep(0.05)
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
     return dirs
 
 
@@ -216,8 +243,13 @@ def signals_blocked() -> Iterator[None]:
 
 
 def _worker_exit(signum, _frame) -> None:
+    # A second stop signal must not cut the reaping short: an xdist worker whose
+    # controller died gets PDEATHSIG SIGTERM *and* a SIGINT from execnet, whose
+    # KeyboardInterrupt would otherwise unwind out of reap_own() before any rmtree.
+    for s in STOP_SIGNALS:      # (Python runs handlers on the main thread: this is it)
+        signal.signal(s, signal.SIG_IGN)
     try:
-        reap_own()
+        reap_own(final=True)
     finally:
         os._exit(128 + signum)
 
@@ -282,13 +314,15 @@ def run_group(argv: Sequence[str], timeout: float, **kwargs) -> subprocess.Compl
     parent = os.getpid()
 
     def preexec():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)   # blocked by spawning()
         set_pdeathsig(signal.SIGKILL)
         if os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
 
     kwargs.setdefault("stdin", subprocess.DEVNULL)
-    proc = subprocess.Popen(list(argv), start_new_session=True, preexec_fn=preexec, **kwargs)
-    track_group(proc.pid)
+    with spawning():
+        proc = subprocess.Popen(list(argv), start_new_session=True, preexec_fn=preexec, **kwargs)
+        track_group(proc.pid)
     try:
         out, err = proc.communicate(timeout=timeout)
     except BaseException:
@@ -309,6 +343,6 @@ def print_interrupted(exc: Interrupted) -> int:
     return exc.exit_code
 
 
-__all__ = ["Interrupted", "interruptible", "become_worker", "run_group", "reap_own",
+__all__ = ["Interrupted", "interruptible", "become_worker", "run_group", "reap_own", "spawning",
            "reap_orphans", "orphan_dirs", "exit_cleanly_on", "signals_blocked", "track_group", "untrack_group", "track_dir",
            "untrack_dir", "new_run_dir", "set_pdeathsig", "owner_alive", "print_interrupted", "OWNER_FILE"]

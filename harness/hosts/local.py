@@ -65,7 +65,7 @@ class LocalHost(Host):
               core_dumps: bool = True) -> Process:
         full_env = dict(os.environ)
         full_env.update(env)
-        with open(stdout, "ab") as out, open(stderr, "ab") as err:
+        with open(stdout, "ab") as out, open(stderr, "ab") as err, proctree.spawning():
             try:
                 popen = subprocess.Popen(
                     list(argv), cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
@@ -73,7 +73,7 @@ class LocalHost(Host):
                     start_new_session=True, preexec_fn=qemu_preexec(cores=core_dumps))
             except OSError as exc:
                 raise HostError(f"cannot start {argv[0]}: {exc.strerror}") from exc
-        proctree.track_group(popen.pid)   # killed with its group if we are interrupted
+            proctree.track_group(popen.pid)   # killed with its group if we are interrupted
         return LocalProcess(popen)
 
     def run(self, argv: Sequence[str], timeout: float) -> tuple[int, str, str]:

@@ -157,6 +157,9 @@ def qemu_preexec(*, cores: bool = True, pdeathsig: int | None = signal.SIGKILL) 
     parent = os.getpid()
 
     def _preexec() -> None:
+        # Spawned under proctree.spawning(), whose blocked SIGINT/SIGTERM the child
+        # would inherit (QEMU would then ignore a SIGTERM): unblock them.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
         if cores:
             enable_cores()
         if pdeathsig is not None:

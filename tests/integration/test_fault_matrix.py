@@ -115,7 +115,8 @@ def test_signal_leaves_nothing_behind(command, target, sig, phase, tmp_path):
             if not leaks:
                 break
             time.sleep(0.25)
-        assert leaks == [], "\n".join(leaks)
+        assert leaks == [], "\n".join(leaks + [f"  holds: {sorted(x.name for x in d.iterdir())}"
+                                               for d in root.glob("qmh-*") if d.is_dir()])
         if target == "controller" and sig != signal.SIGKILL:
             assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
             lines = [ln for ln in err.splitlines() if "interrupted by" in ln]

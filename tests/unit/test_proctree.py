@@ -116,3 +116,23 @@ def test_worker_exits_quietly_on_sigint_and_with_its_parent(tmp_path):
     assert p.wait(30) == 128 + signal.SIGINT
     assert p.stderr.read() == ""          # no KeyboardInterrupt traceback
     assert not d.exists()
+
+
+def _blocked(pid: int) -> int:
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigBlk:"))
+    return int(line.split()[1], 16)
+
+
+def test_a_child_started_under_spawning_gets_sigterm_unblocked(tmp_path):
+    """spawning() blocks SIGINT/SIGTERM around Popen + track_group; the child must not
+    inherit that (a QEMU ignoring SIGTERM looks like a shutdown hang)."""
+    from harness.hosts.local import LocalHost
+    proc = LocalHost().spawn(["sleep", "60"], cwd=tmp_path, env={}, stdout=tmp_path / "o",
+                             stderr=tmp_path / "e", core_dumps=False)
+    try:
+        mask = _blocked(proc.pid)
+        assert not mask & (1 << (signal.SIGTERM - 1)) and not mask & (1 << (signal.SIGINT - 1)), hex(mask)
+    finally:
+        proc.kill_group(signal.SIGKILL)
+        proc.wait(10)
+        proctree.untrack_group(proc.pid)
