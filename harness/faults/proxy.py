@@ -348,7 +348,12 @@ class TcpProxy:
         self._links.append(link)
         self.stats.active = len(self._links)
         link.start()
-        await link.wait_done()
+        try:
+            await link.wait_done()
+        except asyncio.CancelledError:
+            # stop() cancels every task; asyncio's streams callback (3.11) calls
+            # .exception() on this one and would log the CancelledError as an error.
+            return
 
     async def _close_all(self) -> None:
         if self._server is not None:

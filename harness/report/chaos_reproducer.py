@@ -21,6 +21,7 @@ import harness.runtime.actions as actions_mod
 import harness.runtime.colo as colo_mod
 import harness.runtime.fileload as fileload_mod
 import harness.runtime.standalone as standalone_mod
+import harness.faults.proxy as proxy_mod
 from harness.report import repro_contract
 from harness.report.reproducer import match_for, run_script_tree
 from harness.stress import oracles
@@ -104,6 +105,7 @@ def export_chaos(plan: ChaosPlan, signature: str, attempt_dir: Path, out: Path, 
         "live": base.live,
         "file_offset": base.file_offset,
         "settle": oracles.SETTLE_PARAMS,
+        "poll_s": oracles.POLL_S,      # how soon after a status change the engine looks (and ends)
         "span_ms": plan.span_ms + (colo_mod.ENTRY_MS if base.colo else 0),   # as the engine's window
         "steps": [dict(s.to_dict(), text=s.describe()) for s in plan.steps],
         "match": match,
@@ -178,6 +180,7 @@ if __name__ == "__main__":
     _install("harness.runtime.actions", ACTIONS_SOURCE)
     _install("harness.runtime.fileload", FILELOAD_SOURCE)
     _install("harness.runtime.colo", COLO_SOURCE)
+    _install("harness.faults.proxy", PROXY_SOURCE)
     standalone = _install("harness.runtime.standalone", STANDALONE_SOURCE)
     if CONFIG["tls_files"]:
         tls = _tls_dir(CONFIG["tls_files"])
@@ -197,6 +200,7 @@ def _script(config: dict, signature: str, hit_rate: str, versions: str, guest_no
                f"ACTIONS_SOURCE = {Path(actions_mod.__file__).read_text()!r}\n\n"
                f"FILELOAD_SOURCE = {Path(fileload_mod.__file__).read_text()!r}\n\n"
                f"COLO_SOURCE = {Path(colo_mod.__file__).read_text()!r}\n\n"
+               f"PROXY_SOURCE = {Path(proxy_mod.__file__).read_text()!r}\n\n"
                f"STANDALONE_SOURCE = {Path(standalone_mod.__file__).read_text()!r}\n")
     return head + "\n" + body + sources + LOADER
 

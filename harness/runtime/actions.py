@@ -106,6 +106,15 @@ class Action:
     def describe(self, args: tuple) -> str:
         return self.kind + ("" if not args else " " + " ".join(map(str, args)))
 
+    def effects(self, args: tuple) -> frozenset:
+        """What this step, once accepted, does to its side that the judging must know:
+        SNAPSHOT (its migration status is now a snapshot's), RESET (its guest restarted).
+        The engine and the standalone reproducer judge alike from it."""
+        return frozenset()
+
+
+SNAPSHOT, RESET = "snapshot", "reset"
+
 
 # ---------------------------------------------------------------- configuration
 class SetCapability(Action):
@@ -295,6 +304,9 @@ class SnapshotJob(Action):
             a["vmstate"] = SNAP_DISK
         return _qmp(env, side, self.command, a)
 
+    def effects(self, args):
+        return frozenset({SNAPSHOT, RESET} if self.command == "snapshot-load" else {SNAPSHOT})
+
 
 class SnapshotSave(SnapshotJob):
     kind, command = "snapshot-save", "snapshot-save"
@@ -329,6 +341,12 @@ class Hmp(Action):
     def key(self, args):
         return "hmp:" + args[0].split()[0] + (":" + args[0].split()[1] if args[0].startswith("info") else "")
 
+    def effects(self, args):
+        verb = args[0].split()[0]
+        if verb not in ("savevm", "loadvm", "delvm"):
+            return frozenset()
+        return frozenset({SNAPSHOT, RESET} if verb == "loadvm" else {SNAPSHOT})
+
 
 class BlockActivate(Action):
     kind = "block-activate"
@@ -358,6 +376,9 @@ class Cont(RunControl):
 
 class Reset(RunControl):
     kind, command, weight = "system-reset", "system_reset", 1
+
+    def effects(self, args):
+        return frozenset({RESET})
 
 
 class Quit(Action):

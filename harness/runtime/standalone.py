@@ -36,6 +36,7 @@ import zlib
 from harness.runtime import actions as act
 from harness.runtime import colo
 from harness.runtime.fileload import FileLoad, file_uri
+from harness.faults.proxy import TcpProxy     # the engine's relay, embedded too: one implementation
 
 TERMINAL = ("completed", "failed", "cancelled")
 END_WAIT_S = 10.0     # quit, then SIGTERM: each gets this long (the engine's QUIT/TERM_TIMEOUT)
@@ -111,9 +112,29 @@ class Mon:
             return self.replies.pop(rid)
 
 
+_LIVE = set()   # Vms whose QEMU may still run: an interrupt kills them first
+_DIRS = []      # every temporary dir made: main() removes what is left of them, however it ends
+
+
+def _mkdtemp(prefix):
+    d = tempfile.mkdtemp(prefix=prefix)
+    _DIRS.append(d)
+    return d
+
+
+def _interrupted(signum, _frame):
+    """SIGINT/SIGTERM: kill our QEMUs at once, then unwind (the finally blocks end
+    the attempt and main() removes every temporary dir we made)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    for vm in list(_LIVE):
+        vm.kill()
+    raise SystemExit(128 + signum)
+
+
 class Vm:
     def __init__(self, side, binary, args, subst, perturb):
-        self.side, self.dir = side, tempfile.mkdtemp(prefix=f"repro-{side}-")
+        self.side, self.dir = side, _mkdtemp(f"repro-{side}-")
         subst = dict(subst, **{"@RUNDIR@": self.dir})
         argv = [binary]
         for a in args:
@@ -139,6 +160,17 @@ class Vm:
                                           preexec_fn=die_with_parent)
             except OSError as exc:
                 raise SetupError(f"{side}: cannot run {binary}: {exc}") from None
+        _LIVE.add(self)
+        try:
+            self._connect(listeners, side)
+        except BaseException:
+            self.kill()       # half set up: nobody will end() it
+            self.p.wait()
+            _LIVE.discard(self)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def _connect(self, listeners, side):
         conns = {}
         deadline = time.monotonic() + 20
         for name, s in listeners.items():
@@ -218,65 +250,11 @@ class Vm:
                     self.stuck = True
                     self.kill()
         self.p.wait()
+        _LIVE.discard(self)
         rc = self.p.returncode
         err = open(self.err, errors="replace").read()
         shutil.rmtree(self.dir, ignore_errors=True)
         return rc, err
-
-
-class Relay:
-    """The migration link, relayed so that it can be cut."""
-
-    def __init__(self, port):
-        self.target, self.links = ("127.0.0.1", port), []
-        self.srv = socket.socket()
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(16)
-        self.port = self.srv.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.srv.accept()
-                t = socket.create_connection(self.target)
-            except OSError:
-                return
-            self.links.append((c, t))
-            for a, b in ((c, t), (t, c)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a, b):
-        try:
-            while True:
-                d = a.recv(65536)
-                if not d:
-                    break
-                b.sendall(d)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self):
-        n = len(self.links)
-        for c, t in self.links:
-            for s in (c, t):
-                try:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-                    s.close()
-                except OSError:
-                    pass
-        self.links = []
-        return n
-
-    def close(self):
-        self.srv.close()
-        self.cut()
 
 
 class Env:
@@ -285,6 +263,7 @@ class Env:
     def __init__(self, vms, relay, main, migrate_uri):
         self.vms, self.relay, self.main, self.uri = vms, relay, main, migrate_uri
         self.recover, self.held, self.killed = None, [], set()
+        self.snapshot_touched = set()        # sides whose migration status became a snapshot's
         self.failover_requested = set()      # sides whose x-colo-lost-heartbeat was accepted
 
     def qmp(self, side, command, args, timeout, oob):
@@ -378,6 +357,8 @@ def run_steps(cfg, env, vms, loader=None):
             if action.needs_alive and not env.alive(s["side"]):
                 continue
             outcome, _ = action.apply(env, s["side"], tuple(s["args"]))
+            if outcome == "ok" and act.SNAPSHOT in action.effects(tuple(s["args"])):
+                env.snapshot_touched.add(s["side"])
             if s["kind"] == "colo-lost-heartbeat" and outcome == "ok":
                 env.failover_requested.add(s["side"])
             if loader is not None:
@@ -391,6 +372,7 @@ def run_steps(cfg, env, vms, loader=None):
 def observe(cfg, env, vms, loader=None):
     """Settle as the engine does and name what is seen (the engine's phrases)."""
     src, dst = vms["src"], vms["dst"]
+    poll = cfg.get("poll_s", 0.05)
     try:
         if src.alive():
             src.mon.cmd("migrate-set-parameters", cfg["settle"], timeout=5)
@@ -402,7 +384,7 @@ def observe(cfg, env, vms, loader=None):
     is_colo = cfg["transport"] == "colo"
     while time.monotonic() < end:
         if not dst.alive() and env.relay:
-            env.relay.cut()
+            env.relay.cut(refuse_new=True)   # as the engine: a dead peer's kernel resets the link
         status = src.status()
         if status in TERMINAL or status is None or status == "no-reply" or (
                 is_colo and status == colo.RESTING and not _failed_over(src)):
@@ -417,7 +399,7 @@ def observe(cfg, env, vms, loader=None):
                 return "clean"
             recovered = True
             act.Recover().apply(env, "dst", ())
-        time.sleep(0.05)
+        time.sleep(poll)
     for name, vm in vms.items():
         if vm.alive() and name not in env.killed:
             try:
@@ -428,19 +410,19 @@ def observe(cfg, env, vms, loader=None):
                 pass
     if is_colo:
         return observe_colo(env, vms, status)
-    if "src" in env.killed:
-        return "clean"
+    if "src" in env.killed or "src" in env.snapshot_touched:
+        return "clean"     # as the engine: the source is gone, or its status is a snapshot's
     if status is not None and status not in TERMINAL:
         return f"hang: migration stuck in '{status}'"
     if loader is not None and status == "completed":
         loader.tick(env, src_seq(vms))     # a save that completed after the plan: load it
         if loader.excuse():
             return "clean"
-    if status == "completed" and "dst" not in env.killed:
+    if status == "completed" and "dst" not in env.killed and "dst" not in env.snapshot_touched:
         end = time.monotonic() + 15
         dstat = dst.status()
         while dst.alive() and dstat not in TERMINAL and time.monotonic() < end:
-            time.sleep(0.05)
+            time.sleep(poll)
             dstat = dst.status()
         if not dst.alive() or dstat == "failed":
             return "lost-vm: source completed, destination failed to load"
@@ -488,7 +470,7 @@ def attempt(cfg, subst, perturb, bins):
     vms, relay, env, loader, colo_dir = {}, None, None, None, None
     try:
         if cfg["transport"] == "colo":   # the COLO-FT disks, under the recorded @COLO@ dir
-            colo_dir = tempfile.mkdtemp(prefix="repro-colo-")
+            colo_dir = _mkdtemp("repro-colo-")
             colo.make_images(colo_dir, cfg.get("qemu_img", "qemu-img"))
             subst = dict(subst, **{"@COLO@": colo_dir})
         vms["src"] = Vm("src", bins["src"], cfg["src_args"], subst, perturb)
@@ -519,7 +501,7 @@ def attempt(cfg, subst, perturb, bins):
             else:
                 dst.mon.cmd("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
                 port = int(dst.mon.cmd("query-migrate")["return"]["socket-address"][0]["port"])
-                relay = Relay(port)
+                relay = TcpProxy(("127.0.0.1", port), name="repro").start()
                 env = Env(vms, relay, ("127.0.0.1", port), f"tcp:127.0.0.1:{relay.port}")
             src.mon.cmd("migrate-set-parameters", cfg["hold"])
             if not cfg.get("live", True):
@@ -534,7 +516,7 @@ def attempt(cfg, subst, perturb, bins):
         if env is not None:
             env.release()
         if relay:
-            relay.close()
+            relay.stop()
         exits = {side: vm.end() for side, vm in vms.items()}
         if colo_dir is not None:
             shutil.rmtree(colo_dir, ignore_errors=True)
@@ -574,7 +556,9 @@ def main(cfg, contract):
                                "For git bisect run: exit 0 not seen, 1 seen, 125 cannot decide.", attempts=cfg.get("attempts", 20),
                                seconds=600.0, extra=extra)
     bins = {"src": a.qemu_src, "dst": a.qemu_dst}
-    work = tempfile.mkdtemp(prefix="repro-shared-")
+    work = _mkdtemp("repro-shared-")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupted)
     image = cfg["guest_image"]      # the boot sector (@BOOT@) or its firmware form (@ROM@)
     boot = os.path.join(work, image["name"])
     with open(boot, "wb") as f:
@@ -606,5 +590,6 @@ def main(cfg, contract):
             if h and a.stop_on_hit:
                 break
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for d in _DIRS:
+            shutil.rmtree(d, ignore_errors=True)
     contract.finish(hits, n, cfg["match"]["signature"], why)

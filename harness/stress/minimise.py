@@ -49,6 +49,11 @@ class _Runner:
         hit = same_violation(self.signature, verdict.signature)
         if not hit:
             run.discard_artifacts()
+        elif verdict.signature != self.signature:
+            # A bare crash ("crash SIGSEGV", seen without a core) now has its frames
+            # (minimiser runs always dump core): minimise towards that one crash, not
+            # any crash by the same signal.
+            self.signature = verdict.signature
         return hit
 
     def rate(self, plan: ChaosPlan, n: int) -> float:
@@ -148,4 +153,7 @@ def minimise(plan: ChaosPlan, signature: str, base: MachineSpec, art: Path,
     res.minimal = current
     res.final_rate = r.rate(current, rate_runs)
     res.runs, res.seconds = r.runs, time.monotonic() - t0
+    if r.signature != signature:
+        res.signature = r.signature
+        res.log.append(f"signature: seen bare as '{signature}', its frames are '{r.signature}'")
     return res

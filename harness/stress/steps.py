@@ -204,12 +204,10 @@ def _apply(step: Step, env: HarnessEnv, st: PairState, phases: Phases, coverage:
     else:
         outcome, words = action.apply(env, step.side, step.args)
     if outcome == "ok":
-        if step.kind in ("snapshot-save", "snapshot-load", "snapshot-delete") or (
-                step.kind == "hmp" and step.args[0].split()[0] in ("savevm", "loadvm", "delvm")):
+        effects = action.effects(step.args)
+        if act.SNAPSHOT in effects:
             st.snapshot_touched.add(step.side)
-        if step.kind == "system-reset" or (step.kind == "hmp" and step.args[0].startswith("loadvm")):
-            st.reset.add(step.side)
-        if step.kind == "snapshot-load":
+        if act.RESET in effects:
             st.reset.add(step.side)
     coverage.append(cov.action_tuple(step.side, status, runstate, action.key(step.args), outcome))
     return f"{outcome}: {words}"

@@ -2,6 +2,8 @@
 padded plan down to its cause, the exported script reproduces it standalone, and
 the command's exit status says what it found."""
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -62,6 +64,35 @@ def test_hang_is_minimised_exported_and_reproduced_standalone(base_spec, tmp_pat
     script = export_chaos(res.minimal, v.signature, tmp_path / "first", tmp_path / "repro.py", base=PLAIN)
     rc, last = run_script(script, attempts=2, seconds=120)
     assert rc == 1 and last == f"RESULT hits=2 attempts=2 signature={v.signature}", last
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_standalone_reproducer_leaves_nothing(base_spec, tmp_path, sig):
+    """SIGTERM/SIGINT to the script while its QEMUs run: they die, every temporary dir
+    it made goes, and it exits 128+signal."""
+    plan = _plan(5, PADDING[:1])
+    chaos_attempt(TestRun(tmp_path / "first"), base_spec, plan)
+    script = export_chaos(plan, "hang: src does not answer query-status", tmp_path / "first",
+                          tmp_path / "repro.py", base=PLAIN)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    p = subprocess.Popen([sys.executable, "-I", str(script), "--qemu", base_spec.binary, "--attempts", "50"],
+                         env=dict(os.environ, TMPDIR=str(tmp)), stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(tmp.glob("repro-dst-*/qmp.sock")):
+            time.sleep(0.05)
+        assert any(tmp.glob("repro-dst-*")), "no QEMU started"
+        p.send_signal(sig)
+        assert p.wait(60) == 128 + sig
+        assert list(tmp.iterdir()) == []
+        gone = subprocess.run(["pgrep", "-g", str(p.pid)], capture_output=True, text=True)
+        assert gone.stdout == "", gone.stdout      # nothing of its process group lives on
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(30)
 
 
 def _chaos(*args, timeout=300):
