@@ -28,7 +28,8 @@ def run(seconds: float, parallel: int, extra: list[str]) -> dict:
         found = json.loads(next(Path(art).glob("*/findings.json")).read_text())
         sigs = json.loads(next(Path(art).glob("*/triage.json")).read_text()).get("signatures", [])
     # The machine's load around the run: another process's QEMUs halve these figures on 2 cores.
-    return {"plans_per_s": found["plans_per_s"], "plans": found["plans"], "coverage": found["coverage"],
+    return {"plans_per_s": found["plans_per_s"], "explore": found["explore_plans_per_s"],
+            "seconds": found["seconds"], "plans": found["plans"], "coverage": found["coverage"],
             "signatures": [s["signature"] for s in sigs], "hits": sum(s["count"] for s in sigs),
             "load": (load_before, os.getloadavg()[0])}
 
@@ -47,12 +48,15 @@ def main() -> None:
     one = run(a.seconds, 1, extra)
     many = run(a.seconds, a.parallel, extra)
     for j, r in ((1, one), (a.parallel, many)):
-        print(f"-j {j}: {r['plans']} plans, {r['plans_per_s']:.2f} plans/s, coverage {r['coverage']['tuples']} "
+        print(f"-j {j}: {r['plans']} plans in {r['seconds']:.0f} s, {r['plans_per_s']:.2f} plans/s "
+              f"({r['explore']:.2f}/s within the {a.seconds:g} s budget; the rest is the tail: attempts "
+              f"still running at the deadline, a hung one up to ~50 s), coverage {r['coverage']['tuples']} "
               f"tuples / {r['coverage']['transitions']} transitions, {r['hits']} hit(s) of "
-              f"{len(r['signatures'])} signature(s) (a hang costs its worker 10-40 s); load average "
+              f"{len(r['signatures'])} signature(s); load average "
               f"{r['load'][0]:.1f} before, {r['load'][1]:.1f} after: " + "; ".join(r["signatures"][:5]))
     ratio = many["plans_per_s"] / one["plans_per_s"] if one["plans_per_s"] else float("nan")
-    print(f"chaos-yield -j {a.parallel}: {many['plans_per_s']:.2f} plans/s, "
+    print(f"chaos-yield -j {a.parallel}: {many['plans_per_s']:.2f} plans/s over the whole run, "
+          f"{many['explore']:.2f}/s within the budget, "
           f"{many['coverage']['tuples']} coverage tuples, {len(many['signatures'])} distinct signatures; "
           f"scaling vs -j 1: {ratio:.2f}x")
 

@@ -167,22 +167,29 @@ def _main(args) -> int:
     rows = triage.rows()
     for st in rows:
         st.attempts_seen = triage.attempts
-    findings = _follow_ups(rows[:args.max_findings], recipe, base_spec, root, args)
+    findings = mark_duplicates(_follow_ups(rows[:args.max_findings], recipe, base_spec, root, args))
+    # plans_per_s: over the whole exploration, its tail included (attempts still running at
+    # the deadline, a hung one up to ~50 s); explore_plans_per_s: the plans that ended
+    # within --seconds, over --seconds (the steady rate, what a longer run approaches).
     summary = {"seed": seed, "plans": triage.attempts, "seconds": round(triage.elapsed, 1),
                "plans_per_s": round(triage.attempts / triage.elapsed, 2) if triage.elapsed else 0,
+               "explore_plans_per_s": round(triage.in_budget / args.seconds, 2),
                "coverage": coverage.counts(), "violations": findings}
     triage.write(root / "triage.json")
     (root / "findings.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(triage.table())
     for f in findings:
-        print(f"- {f['signature']}: {f['count']} hit(s) in {triage.attempts} plans; "
+        seen = f" (seen as '{f['signature_seen']}')" if f.get("signature_seen") else ""
+        dup = (f"; the same as finding {f['duplicate_of'] + 1}" if "duplicate_of" in f else "")
+        print(f"- {f['signature']}{seen}{dup}: {f['count']} hit(s) in {triage.attempts} plans; "
               f"{f['actions_before']} -> {f['actions_after']} step(s); {f.get('standalone', '-')}\n"
               f"  reproducer {f.get('reproducer', '-')}")
     if triage.errors:
         print(f"harness errors: {len(triage.errors)} (first: {triage.errors[0]['error']})")
     c = coverage.counts()
     print(f"seed {seed}; {triage.attempts} plans in {triage.elapsed:.0f}s "
-          f"({summary['plans_per_s']}/s); coverage {c['tuples']} tuples, {c['transitions']} transitions, "
+          f"({summary['plans_per_s']}/s; {triage.in_budget} within the {args.seconds:g}s budget: "
+          f"{summary['explore_plans_per_s']}/s); coverage {c['tuples']} tuples, {c['transitions']} transitions, "
           f"{c['action_kinds']} action kinds; findings: {root / 'findings.json'}")
     cleanup_empty(root)
     from harness.stress import known_bugs
@@ -196,6 +203,18 @@ def _main(args) -> int:
     if not rows or (args.allow_known and not unknown):
         return 0
     return 1
+
+
+def mark_duplicates(findings: list[dict]) -> list[dict]:
+    """A bare crash whose frames the minimiser found may be a finding already listed:
+    it says so (duplicate_of: the first one's index) instead of counting twice."""
+    first: dict[str, int] = {}
+    for i, f in enumerate(findings):
+        if f["signature"] in first:
+            f["duplicate_of"] = first[f["signature"]]
+        else:
+            first[f["signature"]] = i
+    return findings
 
 
 def _load_plan(path: str, bases) -> ChaosPlan:
@@ -281,6 +300,8 @@ def _follow_up(st, recipe: ChaosRecipe, base_spec: MachineSpec, root: Path, args
         info.update(actions_after=len(res.minimal.steps), original_rate=res.original_rate,
                     final_rate=res.final_rate, minimise_runs=res.runs, minimise_log=res.log,
                     minimal_plan=res.minimal.to_dict(), minimised=res.reproducible)
+        if res.signature != st.signature:     # a bare crash's frames, from the minimiser's cores
+            info.update(signature=res.signature, signature_seen=st.signature)
         rate = res.final_rate or res.original_rate
         minimal, measured = res.minimal, f"minimiser {res.final_rate:.2f} per run"
         if not res.reproducible:
@@ -302,7 +323,7 @@ def _follow_up(st, recipe: ChaosRecipe, base_spec: MachineSpec, root: Path, args
         guest_note = f"{LINUX_NOTE}; the boot-sector run of this plan gave: {v.signature}"
         info["note"] = (info.get("note", "") + "; " if info.get("note") else "") + guest_note
     try:
-        export_chaos(minimal, st.signature, hit_dir, out, base=base_of(minimal, recipe.bases),
+        export_chaos(minimal, info["signature"], hit_dir, out, base=base_of(minimal, recipe.bases),
                      hit_rate=f"{st.count} hit(s) in the exploration; {measured}",
                      versions=probe(base_spec.binary).version, guest_note=guest_note)
     except (OSError, ValueError, StopIteration, AttributeError) as exc:

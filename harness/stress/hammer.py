@@ -14,6 +14,7 @@ import queue
 import random
 import shutil
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,7 +127,8 @@ def run_one(recipe, base: MachineSpec, art: Path, seed: int, malloc_perturb: boo
     else:
         outcome = attempt(run, spec, variant)
     feedback = getattr(recipe, "feedback", None)   # chaos: coverage steers later draws
-    new = feedback(variant, outcome) if feedback is not None else []
+    with _FEEDBACK_LOCK:                           # a slow attempt ends on its own thread
+        new = feedback(variant, outcome) if feedback is not None else []
     rec = AttemptRecord(worker=worker, index=index, seed=seed, variant=variant.to_dict(),
                         kind=outcome.kind.name.lower(), signature=outcome.signature, ok=outcome.ok,
                         seconds=round(time.monotonic() - t0, 3), artifacts=str(art),
@@ -142,6 +144,9 @@ def run_one(recipe, base: MachineSpec, art: Path, seed: int, malloc_perturb: boo
     elif rec.evidence:
         compress_cores(art)   # sparse cores as core.tar.gz: light artifacts to upload
     return rec
+
+
+_FEEDBACK_LOCK = threading.Lock()
 
 
 def quiet_expected_noise() -> None:
@@ -165,6 +170,7 @@ def _worker(wid: int, recipe, cfg: HammerConfig, deadline: float | None, max_att
     # runs: start-up overlaps the plan. (Its draw misses attempt i's coverage feedback.)
     pipelined = hasattr(recipe, "prepare")
     ahead: Ahead | None = None
+    slow: list[threading.Thread] = []
     i = 0
     try:
         while not stop.is_set():
@@ -183,17 +189,40 @@ def _worker(wid: int, recipe, cfg: HammerConfig, deadline: float | None, max_att
             if pipelined and more:
                 ahead = prepare_ahead(recipe, cfg.base, cfg.artifacts / f"w{wid}-{i + 1:06d}",
                                       attempt_seed(cfg.seed, wid, i + 1), cfg.malloc_perturb, budget, i + 1)
-            try:
-                rec = run_one(recipe, cfg.base, art, seed, cfg.malloc_perturb, budget, f"w{wid}", i,
-                              cfg.keep_passing, ahead=cur)
-                out.put(asdict(rec))
-            except Exception as exc:  # noqa: BLE001 - a harness error must not kill the hammer
-                out.put({"error": f"{type(exc).__name__}: {exc}", "worker": f"w{wid}", "index": i,
-                         "seed": seed})
+            # Each attempt runs on a thread of its own. One still running after SLOW_AFTER_S
+            # waits on a hung QEMU (a settle or shutdown timeout, a state dump): it ends in
+            # the background while the next attempts run, at most MAX_SLOW such at a time.
+            t = threading.Thread(target=_attempt_thread, daemon=True, name=f"attempt-{i}",
+                                 args=(recipe, cfg, art, seed, budget, wid, i, cur, out))
+            t.start()
+            t.join(SLOW_AFTER_S)
+            slow = [x for x in slow + [t] if x.is_alive()]
+            while len(slow) > MAX_SLOW:
+                slow[0].join(0.2)
+                slow = [x for x in slow if x.is_alive()]
             i += 1
     finally:
+        for t in slow:
+            t.join()
         drop_ahead(ahead)
     out.put({"done": wid})
+
+
+def _attempt_thread(recipe, cfg: HammerConfig, art: Path, seed: int, budget, wid: int, i: int,
+                    cur: Ahead | None, out) -> None:
+    try:
+        rec = run_one(recipe, cfg.base, art, seed, cfg.malloc_perturb, budget, f"w{wid}", i,
+                      cfg.keep_passing, ahead=cur)
+        out.put(asdict(rec))
+    except Exception as exc:  # noqa: BLE001 - a harness error must not kill the hammer
+        out.put({"error": f"{type(exc).__name__}: {exc}", "worker": f"w{wid}", "index": i,
+                 "seed": seed})
+
+
+# An attempt still running after this long waits on a hung QEMU (a normal chaos attempt
+# takes about a second; a race recipe's a few): the worker goes on without it.
+SLOW_AFTER_S = 8.0
+MAX_SLOW = 1
 
 
 # Seconds of budget left below which no attempt is spawned ahead (it would not run).
@@ -256,7 +285,10 @@ def _collect(procs, out, stop, cfg: HammerConfig, triage: Triage, errors: list,
                 errors.append(msg)
             else:
                 rec = AttemptRecord(**msg)
-                triage.add(rec, elapsed=time.time() - t_start)
+                at = time.time() - t_start
+                triage.add(rec, elapsed=at)
+                if cfg.seconds is None or at <= cfg.seconds:
+                    triage.in_budget += 1
                 hit = not rec.ok and rec.kind in HIT_KINDS
                 if hit and (cfg.until_crash or (cfg.until_new and rec.known is None)):
                     stop.set()

@@ -77,6 +77,7 @@ class Triage:
         self.first_failure_at: float | None = None
         self.observations: dict[str, int] = {}
         self.coverage: set[str] = set()     # chaos: every coverage tuple any worker reached
+        self.in_budget = 0   # attempts that ended within the time budget (not in the run's tail)
 
     def add(self, rec: AttemptRecord, elapsed: float | None = None,
             attempts: int = 1) -> SignatureStats | None:
