@@ -330,7 +330,10 @@ class TcpProxy:
         if self._refuse:
             sock = writer.get_extra_info("socket")
             if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass       # already gone (a peer that connects and dies at once)
             writer.transport.abort()
             return
         try:
@@ -342,8 +345,13 @@ class TcpProxy:
             return
         for w in (writer, twriter):
             sock = w.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:     # the client reset it already (its QEMU aborted): nothing to relay
+                writer.transport.abort()
+                twriter.transport.abort()
+                return
         link = _Link(self, (reader, writer), (treader, twriter))
         self._links.append(link)
         self.stats.active = len(self._links)

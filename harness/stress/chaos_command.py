@@ -158,7 +158,9 @@ def _main(args) -> int:
     print(f"chaos seed {seed}: {len(bases)} base(s), {guest_words}, {len(surface.capabilities)} capabilities, "
           f"{len(surface.parameters)} parameters; -j {args.parallel}; exploring {args.seconds:g}s, "
           f"then per violation (at most {args.max_findings}, {args.parallel} at a time) minimising "
-          f"<= {args.minimise_seconds:g}s and verifying <= {args.verify_seconds:g}s; artifacts {root}", file=sys.stderr, flush=True)
+          f"<= {args.minimise_seconds:g}s and verifying <= {args.verify_seconds:g}s (in each budget, "
+          f"and in exploring, a plan still running at its end finishes: a hung one takes up to ~60 s); "
+          f"artifacts {root}", file=sys.stderr, flush=True)
     cfg = HammerConfig(base=base_spec, artifacts=root / "runs", seconds=args.seconds,
                        parallel=args.parallel, seed=seed, malloc_perturb=not args.no_malloc_perturb)
     triage = hammer(recipe, cfg, display.for_terminal())
