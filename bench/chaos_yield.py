@@ -50,7 +50,7 @@ def main() -> None:
     for j, r in ((1, one), (a.parallel, many)):
         print(f"-j {j}: {r['plans']} plans in {r['seconds']:.0f} s, {r['plans_per_s']:.2f} plans/s "
               f"({r['explore']:.2f}/s within the {a.seconds:g} s budget; the rest is the tail: attempts "
-              f"still running at the deadline, a hung one up to ~50 s), coverage {r['coverage']['tuples']} "
+              f"still running at the deadline, a hung one up to ~60 s), coverage {r['coverage']['tuples']} "
               f"tuples / {r['coverage']['transitions']} transitions, {r['hits']} hit(s) of "
               f"{len(r['signatures'])} signature(s); load average "
               f"{r['load'][0]:.1f} before, {r['load'][1]:.1f} after: " + "; ".join(r["signatures"][:5]))

@@ -53,31 +53,40 @@ def untrack_group(pgid: int) -> None:
         _groups.discard(pgid)
 
 
+def _owner_text() -> str:
+    return f"{os.getpid()} {_start_time(os.getpid())}\n"
+
+
 def track_dir(path: Path) -> None:
     """A run dir this process owns: marked with our PID, removed on an interrupt."""
     with _lock:
         _dirs.add(Path(path))
-    (Path(path) / OWNER_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    (Path(path) / OWNER_FILE).write_text(_owner_text())
 
 
 def new_run_dir(root: Path | str, prefix: str) -> Path:
     """mkdtemp, but registered *before* it exists: a signal arriving at any point
-    finds it in the registry (mkdtemp-then-register leaves a window)."""
+    finds it in the registry (mkdtemp-then-register leaves a window). It is made and
+    marked in one locked section: a final reap on another thread sees it, or it is not
+    made; and a SIGKILL can fall only between two syscalls (an unmarked, empty dir),
+    not while another thread holds the lock to start a QEMU."""
     import secrets
+    owner = _owner_text()
     for _ in range(100):
         path = Path(root) / f"{RUN_DIR_PREFIX}{prefix}-{secrets.token_hex(4)}"
-        with _lock:     # made under the lock: a final reap on another thread sees it, or it is not made
+        with _lock:
             _dirs.add(path)
             try:
                 os.mkdir(path, 0o700)
+                os.chmod(path, 0o700)   # mkdir's mode went through the umask
+                (path / OWNER_FILE).write_text(owner)
             except FileExistsError:
                 _dirs.discard(path)
                 continue
             except BaseException:
                 _dirs.discard(path)
+                shutil.rmtree(path, ignore_errors=True)
                 raise
-        os.chmod(path, 0o700)   # mkdir's mode went through the umask
-        track_dir(path)
         return path
     raise FileExistsError(f"no free run dir name in {root}")
 
@@ -117,6 +126,10 @@ def reap_own(final: bool = False) -> None:
     for g in groups:   # reap our own children so none lingers as a zombie
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(g, os.WNOHANG)
+    _remove_dirs(dirs)
+
+
+def _remove_dirs(dirs: list[Path]) -> None:
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
     if any(d.exists() for d in dirs):
@@ -191,13 +204,7 @@ def reap_orphans(root: Path) -> list[Path]:
     for pid in pids_in(dirs):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    for d in dirs:
-        shutil.rmtree(d, ignore_errors=True)
-    if any(d.exists() for d in dirs):
-        # A QEMU dying of the SIGKILL may have finished a file creation meanwhile.
-        time.sleep(0.05)
-        for d in dirs:
-            shutil.rmtree(d, ignore_errors=True)
+    _remove_dirs(dirs)
     return dirs
 
 

@@ -171,7 +171,7 @@ def _main(args) -> int:
         st.attempts_seen = triage.attempts
     findings = mark_duplicates(_follow_ups(rows[:args.max_findings], recipe, base_spec, root, args))
     # plans_per_s: over the whole exploration, its tail included (attempts still running at
-    # the deadline, a hung one up to ~50 s); explore_plans_per_s: the plans that ended
+    # the deadline, a hung one up to ~60 s); explore_plans_per_s: the plans that ended
     # within --seconds, over --seconds (the steady rate, what a longer run approaches).
     summary = {"seed": seed, "plans": triage.attempts, "seconds": round(triage.elapsed, 1),
                "plans_per_s": round(triage.attempts / triage.elapsed, 2) if triage.elapsed else 0,

@@ -202,9 +202,14 @@ def _worker(wid: int, recipe, cfg: HammerConfig, deadline: float | None, max_att
                 slow = [x for x in slow if x.is_alive()]
             i += 1
     finally:
+        end = time.monotonic() + EXIT_GRACE
         for t in slow:
-            t.join()
+            t.join(max(0.0, end - time.monotonic()))
         drop_ahead(ahead)
+        if any(t.is_alive() for t in slow):
+            # Past the grace the controller stops waiting for us: what the stuck
+            # attempt holds (QEMU groups, run dirs) goes now, not with the process.
+            proctree.reap_own()
     out.put({"done": wid})
 
 
